@@ -1,0 +1,14 @@
+"""Flax Linen models: ResNet backbones and projector / predictor / classifier heads."""
+
+from ssljax.models.heads import MLP, LinearClassifier
+from ssljax.models.resnet import ResNet, ResNetStage, ResNetStem, feature_dim, resnet
+
+__all__ = [
+    "ResNet",
+    "ResNetStage",
+    "ResNetStem",
+    "resnet",
+    "feature_dim",
+    "MLP",
+    "LinearClassifier",
+]
