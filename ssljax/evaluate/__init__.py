@@ -1,0 +1,7 @@
+"""Evaluators: the online probe lives in the train step; these score frozen features."""
+
+from ssljax.evaluate.features import extract_features
+from ssljax.evaluate.knn import knn_predict, knn_top1
+from ssljax.evaluate.linear import linear_probe
+
+__all__ = ["extract_features", "knn_predict", "knn_top1", "linear_probe"]

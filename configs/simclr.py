@@ -1,0 +1,84 @@
+"""SimCLR (Chen et al., 2020).
+
+Run:
+  python -m ssljax.main --config=configs/simclr.py:fashion_mnist --workdir=runs/simclr_fmnist
+Variants: fashion_mnist (CPU, the default: the README's main job), fashion_mnist_long,
+cifar10, cifar100, stl10, imagenet.
+"""
+
+import ml_collections
+
+from ssljax.config import base_config
+
+
+def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
+    c = base_config()
+    c.method = "simclr"
+
+    c.projector = ml_collections.ConfigDict(dict(hidden_dims=(2048,), out_dim=128,
+                                                 use_bn=True, last_bn=False))
+    c.loss = ml_collections.ConfigDict(dict(temperature=0.5, block_size=0))
+
+    if variant in ("fashion_mnist", "fashion_mnist_long"):
+        # CPU-sized: a narrow ResNet-18 with a stride-2 3x3 stem on 28x28 grayscale images.
+        c.data.name = "fashion_mnist"
+        c.data.image_size = 28
+        # Grayscale: saturation, hue and random grayscale do nothing; keep crops moderate,
+        # small garments lose their identity under 8% crops.
+        c.data.augment.crop_scale = (0.2, 1.0)
+        c.data.augment.brightness = 0.4
+        c.data.augment.contrast = 0.4
+        c.model.width = 16
+        c.model.stem_stride = 2
+        c.projector.hidden_dims = (512,)
+        c.loss.temperature = 0.2
+        c.batch_size = 256
+        c.optimizer.name = "lars"
+        c.optimizer.lr = 1.0
+        c.optimizer.weight_decay = 1e-5
+        c.optimizer.warmup_epochs = 0.5
+        c.num_epochs = 4 if variant == "fashion_mnist" else 40
+        c.log_every = 20
+        c.checkpoint_every = 200
+        c.eval.linear_epochs = 30
+    elif variant in ("cifar10", "cifar100"):
+        # SimCLR's CIFAR recipe: ResNet-18 (CIFAR stem), batch 512, LARS lr 1.0 x B/256, T 0.5.
+        c.data.name = variant
+        c.data.image_size = 32
+        c.data.augment.jitter_p = 0.8
+        c.batch_size = 512
+        c.optimizer.lr = 1.0
+        c.loss.temperature = 0.5
+        c.num_epochs = 1000
+        c.checkpoint_every = 5000
+    elif variant == "stl10":
+        c.data.name = "stl10"
+        c.data.image_size = 96
+        c.data.augment.blur_p = 0.5
+        c.model.name = "resnet18"
+        c.batch_size = 512
+        c.num_epochs = 500
+        c.checkpoint_every = 5000
+    elif variant == "imagenet":
+        # SimCLR ImageNet: ResNet-50, batch 4096, LARS lr 0.3 x B/256, wd 1e-6, T 0.1, 3-layer head.
+        c.data.name = "imagenet2012"
+        c.data.image_size = 224
+        c.data.augment.blur_p = 0.5
+        c.data.augment.brightness = 0.8
+        c.data.augment.contrast = 0.8
+        c.data.augment.saturation = 0.8
+        c.data.augment.hue = 0.2
+        c.model.name = "resnet50"
+        c.model.stem = "imagenet"
+        c.model.dtype = "bfloat16"
+        c.projector.hidden_dims = (2048, 2048)
+        c.batch_size = 4096
+        c.optimizer.lr = 0.3
+        c.loss.temperature = 0.1
+        c.num_epochs = 100
+        c.checkpoint_every = 5000
+        c.eval.batch_size = 2048
+    else:
+        raise ValueError(f"Unknown variant {variant!r} of configs/simclr.py; use fashion_mnist, "
+                         "fashion_mnist_long, cifar10, cifar100, stl10 or imagenet.")
+    return c

@@ -1,0 +1,36 @@
+"""Frozen-encoder features of a whole dataset, computed sharded over the mesh."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import numpy as np
+from jax.sharding import Mesh
+
+from ssljax import data, sharding
+
+
+def extract_features(embed: Callable[[jax.Array], jax.Array], images: np.ndarray,
+                     labels: np.ndarray, *, mesh: Mesh, batch_size: int, mean, std,
+                     image_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``embed`` applied to every example once; returns ``(features [N, D], labels [N])``.
+
+    ``images``/``labels`` are this process's examples; the returned arrays hold every
+    process's examples (the features are replicated across hosts by the compiled function).
+    """
+    batch_sharding = sharding.batch_sharding(mesh)
+    # Labels and the padding mask travel with the features, so every host gets all three.
+    embed_fn = jax.jit(lambda b: (embed(b["image"]), b["label"], b["mask"]),
+                       out_shardings=sharding.replicated(mesh))
+    batch_size -= batch_size % mesh.devices.size
+    feats, labs = [], []
+    for batch in data.make_eval_batches(images, labels, batch_size=batch_size, mean=mean, std=std,
+                                        image_size=image_size,
+                                        process_index=jax.process_index(),
+                                        process_count=jax.process_count()):
+        f, y, mask = jax.device_get(embed_fn(data.to_global(batch, batch_sharding)))
+        keep = mask > 0
+        feats.append(np.asarray(f, np.float32)[keep])
+        labs.append(y[keep])
+    return np.concatenate(feats), np.concatenate(labs)

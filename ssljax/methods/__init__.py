@@ -1,0 +1,38 @@
+"""Methods, registered by name: ``get_method(config.method)``."""
+
+from __future__ import annotations
+
+import difflib
+
+from ssljax.methods.base import LossOutput, Method, TrainState
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register(cls: type[Method]) -> type[Method]:
+    """Class decorator: makes a method available to configs under ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__qualname__} needs a non-empty `name` to be registered.")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"A method named {cls.name!r} is already registered.")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_method(name: str) -> type[Method]:
+    """The method class registered as ``name``."""
+    if name not in _REGISTRY:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"Unknown method {name!r} (known: {', '.join(sorted(_REGISTRY))}){hint}")
+    return _REGISTRY[name]
+
+
+def available() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+# Importing a method module registers it.
+from ssljax.methods import simclr  # noqa: E402,F401
+
+__all__ = ["LossOutput", "Method", "TrainState", "available", "get_method", "register"]

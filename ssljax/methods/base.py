@@ -1,0 +1,140 @@
+"""What a method is: how its views enter the model, its objective, and its extra state.
+
+A method knows nothing about meshes, files or hosts. The trainer gives it *global* batches
+(``{'views': [B, V, H, W, C], 'label': [B]}``) and jits :meth:`Method.train_step` with
+shardings; because every objective is written on the global batch, negatives, covariances
+and BatchNorm statistics span all devices without a hand-written collective.
+
+A new method subclasses :class:`Method`, implements ``init_model`` and ``loss`` (and
+``after_update`` for EMA targets or queues), and registers itself with
+:func:`ssljax.methods.register`. A method whose update is not "one gradient step on one
+loss" (MetaMask's bilevel step) overrides :meth:`Method.train_step`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from ssljax import models
+
+PyTree = Any
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training; checkpointed and sharded as one pytree."""
+    step: jax.Array
+    params: PyTree  # trainable parameters of the method's model
+    opt_state: PyTree
+    state: PyTree  # non-trainable: BatchNorm statistics and method state (EMA, queue, ...)
+    probe_params: PyTree  # online linear probe on stop-gradient features
+    probe_opt_state: PyTree
+
+
+class LossOutput(NamedTuple):
+    """Auxiliary outputs of :meth:`Method.loss`."""
+    state: PyTree  # the new non-trainable state
+    metrics: dict[str, jax.Array]  # scalars to log (each loss term, statistics)
+    features: jax.Array  # stop-gradient backbone features of one view, for the online probe
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """'float32' or 'bfloat16' (mixed precision: float32 params, bfloat16 compute)."""
+    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+    if name not in dtypes:
+        raise ValueError(f"model.dtype={name!r} is not supported; use one of {sorted(dtypes)}.")
+    return dtypes[name]
+
+
+def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
+    """The ResNet named by ``config.model``."""
+    return models.resnet(cfg.name, width=cfg.width, stem=cfg.stem, stem_stride=cfg.stem_stride,
+                         zero_init_residual=cfg.zero_init_residual,
+                         dtype=compute_dtype(cfg.dtype))
+
+
+def flatten_views(views: jax.Array) -> jax.Array:
+    """``[B, V, H, W, C] -> [V*B, H, W, C]``, view-major, so ``split`` recovers each view."""
+    b, v = views.shape[:2]
+    return jnp.swapaxes(views, 0, 1).reshape((v * b,) + views.shape[2:])
+
+
+class Method:
+    """Base class: a model, an objective and the generic one-loss training step."""
+
+    name: str = ""
+
+    def __init__(self, config: ml_collections.ConfigDict, *, num_classes: int):
+        self.config = config
+        self.num_classes = num_classes
+        self.probe = models.LinearClassifier(num_classes=num_classes)
+
+    # -- to implement -----------------------------------------------------------------
+    def init_model(self, rng: jax.Array, batch: dict[str, jax.Array]) -> tuple[PyTree, PyTree]:
+        """Returns ``(params, state)`` for an example (global) batch."""
+        raise NotImplementedError
+
+    def loss(self, params: PyTree, state: PyTree, batch: dict[str, jax.Array],
+             rng: jax.Array, step: jax.Array) -> tuple[jax.Array, LossOutput]:
+        """The training objective on a global batch."""
+        raise NotImplementedError
+
+    def embed(self, params: PyTree, state: PyTree, images: jax.Array) -> jax.Array:
+        """Frozen-encoder features for evaluation (inference mode), ``[B, D]``."""
+        raise NotImplementedError
+
+    def after_update(self, params: PyTree, state: PyTree, step: jax.Array) -> PyTree:
+        """State updates that need the new parameters (EMA targets); identity by default."""
+        del params, step
+        return state
+
+    # -- provided ---------------------------------------------------------------------
+    def init(self, rng: jax.Array, batch: dict[str, jax.Array], tx: optax.GradientTransformation,
+             probe_tx: optax.GradientTransformation) -> TrainState:
+        model_rng, probe_rng = jax.random.split(rng)
+        params, state = self.init_model(model_rng, batch)
+        feature_dim = jax.eval_shape(lambda p, s, x: self.embed(p, s, x), params, state,
+                                     batch["views"][:, 0]).shape[-1]
+        probe_params = self.probe.init(probe_rng, jnp.zeros((1, feature_dim)))["params"]
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(params), state=state,
+                          probe_params=probe_params, probe_opt_state=probe_tx.init(probe_params))
+
+    def probe_loss(self, probe_params: PyTree, features: jax.Array,
+                   labels: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Cross-entropy and accuracy of the online linear probe on stop-gradient features."""
+        logits = self.probe.apply({"params": probe_params}, jax.lax.stop_gradient(features))
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        acc = jnp.mean(jnp.argmax(logits, -1) == labels)
+        return ce, acc
+
+    def train_step(self, ts: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
+                   tx: optax.GradientTransformation, probe_tx: optax.GradientTransformation,
+                   schedule: Callable[[jax.Array], jax.Array]) -> tuple[TrainState, dict]:
+        """One optimizer step on ``loss`` (and one on the online probe)."""
+        rng = jax.random.fold_in(rng, ts.step)
+
+        (loss, out), grads = jax.value_and_grad(self.loss, has_aux=True)(
+            ts.params, ts.state, batch, rng, ts.step)
+        updates, opt_state = tx.update(grads, ts.opt_state, ts.params)
+        params = optax.apply_updates(ts.params, updates)
+        state = self.after_update(params, out.state, ts.step)
+
+        (probe_ce, probe_acc), probe_grads = jax.value_and_grad(self.probe_loss, has_aux=True)(
+            ts.probe_params, out.features, batch["label"])
+        probe_updates, probe_opt_state = probe_tx.update(probe_grads, ts.probe_opt_state,
+                                                         ts.probe_params)
+        probe_params = optax.apply_updates(ts.probe_params, probe_updates)
+
+        metrics = dict(out.metrics, loss=loss, lr=schedule(ts.step), probe_loss=probe_ce,
+                       probe_top1=probe_acc)
+        new_ts = TrainState(step=ts.step + 1, params=params, opt_state=opt_state, state=state,
+                            probe_params=probe_params, probe_opt_state=probe_opt_state)
+        return new_ts, metrics

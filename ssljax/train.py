@@ -1,0 +1,275 @@
+"""The generic training loop: mesh, sharded init, one jitted step, checkpoints, evaluation.
+
+Flat and in sections, like big_vision's ``train.py``. Nothing here is method-specific: the
+method (``ssljax.methods``) supplies the model, the objective and the step; this file
+supplies devices, data, optimizers, checkpoints, logs and evaluation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from ssljax import checkpoint, data, evaluate, methods, optim, sharding
+from ssljax.config import ConfigError
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when the loss becomes NaN or infinite; the last good checkpoint is kept."""
+
+
+class MetricsWriter:
+    """``metrics.jsonl`` (one JSON object per logged step) and TensorBoard, on process 0 only."""
+
+    def __init__(self, workdir: str):
+        self.enabled = jax.process_index() == 0
+        self._tb = None
+        if not self.enabled:
+            return
+        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        try:
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        except ImportError:  # TensorBoard is a nicety; metrics.jsonl is the record
+            logging.warning("tensorboardX is not installed: writing metrics.jsonl only.")
+
+    def write(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+        self._jsonl.flush()
+        if self._tb is not None:
+            for k, v in scalars.items():
+                self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+def _format_eta(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+def augment_configs(cfg: ml_collections.ConfigDict) -> list:
+    """One ``AugmentConfig`` per view: ``data.augment`` with ``data.augment2`` on view 2+."""
+    first = cfg.augment.to_dict()
+    second = dict(first, **cfg.augment2.to_dict())
+    return [data.AugmentConfig.from_dict(first if v == 0 else second)
+            for v in range(cfg.num_views)]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Pre-train ``config.method``, checkpointing to ``workdir``; evaluate when training is done.
+
+    Returns the results dict (also written to ``workdir/results.json``), or ``{}`` when the
+    run stopped early at ``config.stop_after_step``.
+    """
+    os.makedirs(workdir, exist_ok=True)
+    is_main = jax.process_index() == 0
+    data.configure_tf(config.data.tf_threads)
+
+    # ---- Devices -------------------------------------------------------------------------
+    mesh = sharding.make_mesh()
+    sharding.check_batch_size(config.batch_size, mesh)
+    batch_sharding = sharding.batch_sharding(mesh)
+    logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.devices.size,
+                 jax.process_count())
+
+    # ---- Data ----------------------------------------------------------------------------
+    info = data.dataset_info(config.data.name)
+    train_images, train_labels = data.load_arrays(config.data.name, info.train_split,
+                                                  data_dir=config.data.data_dir)
+    steps_per_epoch = len(train_images) // config.batch_size
+    if steps_per_epoch == 0:
+        raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(train_images)} training "
+                         "examples; lower --config.batch_size.")
+    total_steps = (config.total_steps if config.total_steps > 0
+                   else int(math.ceil(config.num_epochs * steps_per_epoch)))
+
+    # ---- Method and optimizers -----------------------------------------------------------
+    method = methods.get_method(config.method)(config, num_classes=info.num_classes)
+    schedule = optim.make_schedule(config.optimizer, global_batch_size=config.batch_size,
+                                   total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    tx = optim.make_optimizer(config.optimizer, schedule)
+    probe_tx = optax.adam(config.eval.probe_lr)
+
+    def make_dataset(start_step: int):
+        return data.make_pretrain_dataset(
+            train_images, train_labels, global_batch_size=config.batch_size,
+            num_views=config.data.num_views, augment=augment_configs(config.data),
+            seed=config.seed, image_size=config.data.image_size, mean=info.mean, std=info.std,
+            start_step=start_step, process_index=jax.process_index(),
+            process_count=jax.process_count())
+
+    # ---- Sharded init and restore --------------------------------------------------------
+    example = data.to_global(next(iter(make_dataset(0).take(1).as_numpy_iterator())),
+                             batch_sharding)
+    init_fn = lambda rng, batch: method.init(rng, batch, tx, probe_tx)  # noqa: E731
+    abstract_state = jax.eval_shape(init_fn, jax.random.key(config.seed), example)
+    state_sharding = sharding.state_sharding(mesh, abstract_state)
+    init_fn = jax.jit(init_fn, in_shardings=(sharding.replicated(mesh), batch_sharding),
+                      out_shardings=state_sharding)
+
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
+                                   max_to_keep=config.keep_checkpoints)
+    start_step = ckpt.latest_step()
+    if start_step is None:
+        ts = init_fn(jax.random.key(config.seed), example)
+        start_step = 0
+    else:
+        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                                abstract_state, state_sharding)
+        ts, meta = ckpt.restore(start_step, abstract)
+        if meta.get("method") != config.method:
+            raise ConfigError(f"{workdir} holds a checkpoint of method {meta.get('method')!r}, not "
+                             f"{config.method!r}; use a fresh --workdir.")
+        logging.info("Resumed from the checkpoint at step %d.", start_step)
+    del example
+
+    # ---- The compiled step ---------------------------------------------------------------
+    train_step = jax.jit(
+        lambda ts, batch, rng: method.train_step(ts, batch, rng, tx, probe_tx, schedule),
+        in_shardings=(state_sharding, batch_sharding, sharding.replicated(mesh)),
+        out_shardings=(state_sharding, sharding.replicated(mesh)),
+        donate_argnums=(0,))
+    step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
+
+    if is_main:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
+    writer = MetricsWriter(workdir)
+    meta = {"method": config.method, "total_steps": total_steps}
+    last_step = total_steps
+    if config.stop_after_step > 0:
+        last_step = min(total_steps, config.stop_after_step)
+
+    # ---- The loop ------------------------------------------------------------------------
+    def check_finite(step: int, metrics: dict[str, float]) -> None:
+        if not math.isfinite(metrics["loss"]):
+            good = ckpt.latest_step()
+            where = (f"the checkpoint at step {good} in {ckpt.directory} is intact" if good is not None
+                     else "no checkpoint was written yet")
+            raise NonFiniteLossError(
+                f"The loss became {metrics['loss']} at step {step}; {where}. Lower "
+                "--config.optimizer.lr (or raise the warm-up) and run the same command again.")
+
+    train_start = time.time()
+    if start_step < last_step:
+        batches = data.global_iterator(make_dataset(start_step), batch_sharding)
+        pending = None  # (step, metrics) of the previous step: read one step late, no stall
+        window_start, window_steps = None, 0
+        logging.info("Training steps %d..%d of %d (%d per epoch).", start_step + 1, last_step,
+                     total_steps, steps_per_epoch)
+        for step in range(start_step + 1, last_step + 1):
+            ts, metrics = train_step(ts, next(batches), step_rng)
+            if pending is not None:
+                _log_step(*pending, writer=writer, check=check_finite)
+                pending = None
+            if step == start_step + 2:  # after compilation
+                window_start, window_steps = time.time(), 0
+            window_steps += 1
+            is_log_step = step % config.log_every == 0 or step == last_step
+            if is_log_step:
+                rate = (window_steps * config.batch_size / (time.time() - window_start)
+                        if window_start and time.time() > window_start else float("nan"))
+                eta = (last_step - step) * config.batch_size / rate if rate == rate else float("nan")
+                pending = (step, metrics, rate, eta)
+            if step % config.checkpoint_every == 0 or step == last_step:
+                if pending is not None:
+                    _log_step(*pending, writer=writer, check=check_finite)
+                    pending = None
+                scalars = jax.device_get(metrics)
+                check_finite(step, {k: float(v) for k, v in scalars.items()})
+                ckpt.save(step, ts, meta)
+        if pending is not None:
+            _log_step(*pending, writer=writer, check=check_finite)
+    train_time = time.time() - train_start
+
+    if last_step < total_steps:
+        logging.info("Stopped after step %d of %d as asked (stop_after_step); run the same "
+                     "command again to continue.", last_step, total_steps)
+        writer.close()
+        ckpt.close()
+        return {}
+
+    # ---- Evaluation ----------------------------------------------------------------------
+    eval_start = time.time()
+    results = evaluate_encoder(config, method, ts, mesh, info, train_images, train_labels)
+    results.update(method=config.method, steps=total_steps, train_time_s=round(train_time, 1),
+                   eval_time_s=round(time.time() - eval_start, 1))
+    if is_main:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    writer.write(total_steps, {k: v for k, v in results.items() if k.endswith("top1")})
+    writer.close()
+    ckpt.close()
+    return results
+
+
+def _log_step(step, metrics, rate, eta, *, writer: MetricsWriter, check) -> None:
+    scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+    check(step, scalars)
+    scalars["images_per_sec"] = rate
+    logging.info("step %d | loss %.4f | lr %.4g | %.0f img/s | eta %s", step, scalars["loss"],
+                 scalars["lr"], rate, _format_eta(eta) if eta == eta else "?")
+    writer.write(step, {k: v for k, v in scalars.items() if v == v})
+
+
+def evaluate_encoder(config, method, ts, mesh, info, train_images, train_labels) -> dict:
+    """kNN and linear-probe top-1 (%) of the trained encoder, a random one and raw pixels."""
+    ec = config.eval
+    test_images, test_labels = data.load_arrays(config.data.name, info.test_split,
+                                                data_dir=config.data.data_dir)
+    if ec.train_examples > 0:
+        train_images, train_labels = train_images[:ec.train_examples], train_labels[:ec.train_examples]
+
+    def score(prefix: str, train_x, train_y, test_x, test_y) -> dict:
+        t0 = time.time()
+        knn = evaluate.knn_top1(train_x, train_y, test_x, test_y, k=ec.knn_k,
+                                temperature=ec.knn_temperature, num_classes=info.num_classes)
+        lin = evaluate.linear_probe(train_x, train_y, test_x, test_y,
+                                    num_classes=info.num_classes, epochs=ec.linear_epochs,
+                                    lr=ec.linear_lr, weight_decay=ec.linear_weight_decay,
+                                    batch_size=ec.linear_batch_size, seed=config.seed)
+        logging.info("%s: linear probe %.2f%%, kNN %.2f%% (%.0fs)", prefix or "pre-trained",
+                     100 * lin["top1"], 100 * knn, time.time() - t0)
+        return {f"{prefix}linear_probe_top1": round(100 * lin["top1"], 2),
+                f"{prefix}knn_top1": round(100 * knn, 2)}
+
+    def features_of(params, state):
+        embed = lambda x: method.embed(params, state, x)  # noqa: E731
+        kw = dict(mesh=mesh, batch_size=ec.batch_size, mean=info.mean, std=info.std)
+        return (evaluate.extract_features(embed, train_images, train_labels, **kw),
+                evaluate.extract_features(embed, test_images, test_labels, **kw))
+
+    results = {}
+    t0 = time.time()
+    (tr_f, tr_y), (te_f, te_y) = features_of(ts.params, ts.state)
+    logging.info("Extracted %d + %d features in %.0fs.", len(tr_f), len(te_f), time.time() - t0)
+    results.update(score("", tr_f, tr_y, te_f, te_y))
+    if ec.baselines:
+        example = {"views": jnp.zeros((1, 1) + train_images.shape[1:], jnp.float32)}
+        params, state = jax.jit(method.init_model)(jax.random.key(config.seed + 1), example)
+        (tr_f, tr_y), (te_f, te_y) = features_of(params, state)
+        results.update(score("random_encoder_", tr_f, tr_y, te_f, te_y))
+        norm = lambda x: (x.astype(np.float32) / 255.0 - np.asarray(info.mean)) / np.asarray(info.std)  # noqa: E731
+        results.update(score("raw_pixels_", norm(train_images).reshape(len(train_images), -1),
+                             np.asarray(train_labels),
+                             norm(test_images).reshape(len(test_images), -1), np.asarray(test_labels)))
+    return results
