@@ -23,6 +23,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.data = ml_collections.ConfigDict()
     c.data.name = "fashion_mnist"
     c.data.data_dir = config_dict.placeholder(str)
+    c.data.train_split = ""  # e.g. 'train[:10000]'; empty: the dataset's training split
+    c.data.test_split = ""  # empty: the dataset's test split
     c.data.image_size = 28
     c.data.num_views = 2
     c.data.tf_threads = 1  # tf.data shares the CPU with the train step: keep it lean

@@ -74,7 +74,8 @@ def augment_configs(cfg: ml_collections.ConfigDict) -> list:
             for v in range(cfg.num_views)]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
     """Pre-train ``config.method``, checkpointing to ``workdir``; evaluate when training is done.
 
     Returns the results dict (also written to ``workdir/results.json``), or ``{}`` when the
@@ -85,7 +86,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     data.configure_tf(config.data.tf_threads)
 
     # ---- Devices -------------------------------------------------------------------------
-    mesh = sharding.make_mesh()
+    mesh = mesh or sharding.make_mesh()
     sharding.check_batch_size(config.batch_size, mesh)
     batch_sharding = sharding.batch_sharding(mesh)
     logging.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.devices.size,
@@ -93,7 +94,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     # ---- Data ----------------------------------------------------------------------------
     info = data.dataset_info(config.data.name)
-    train_images, train_labels = data.load_arrays(config.data.name, info.train_split,
+    train_images, train_labels = data.load_arrays(config.data.name,
+                                                  config.data.train_split or info.train_split,
                                                   data_dir=config.data.data_dir)
     steps_per_epoch = len(train_images) // config.batch_size
     if steps_per_epoch == 0:
@@ -234,7 +236,8 @@ def _log_step(step, metrics, rate, eta, *, writer: MetricsWriter, check) -> None
 def evaluate_encoder(config, method, ts, mesh, info, train_images, train_labels) -> dict:
     """kNN and linear-probe top-1 (%) of the trained encoder, a random one and raw pixels."""
     ec = config.eval
-    test_images, test_labels = data.load_arrays(config.data.name, info.test_split,
+    test_images, test_labels = data.load_arrays(config.data.name,
+                                                config.data.test_split or info.test_split,
                                                 data_dir=config.data.data_dir)
     if ec.train_examples > 0:
         train_images, train_labels = train_images[:ec.train_examples], train_labels[:ec.train_examples]

@@ -102,7 +102,7 @@ class Method:
         params, state = self.init_model(model_rng, batch)
         feature_dim = jax.eval_shape(lambda p, s, x: self.embed(p, s, x), params, state,
                                      batch["views"][:, 0]).shape[-1]
-        probe_params = self.probe.init(probe_rng, jnp.zeros((1, feature_dim)))["params"]
+        probe_params = self.probe.init(probe_rng, jnp.zeros((1, feature_dim)), train=False)["params"]
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=tx.init(params), state=state,
                           probe_params=probe_params, probe_opt_state=probe_tx.init(probe_params))
@@ -110,7 +110,8 @@ class Method:
     def probe_loss(self, probe_params: PyTree, features: jax.Array,
                    labels: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Cross-entropy and accuracy of the online linear probe on stop-gradient features."""
-        logits = self.probe.apply({"params": probe_params}, jax.lax.stop_gradient(features))
+        logits = self.probe.apply({"params": probe_params}, jax.lax.stop_gradient(features),
+                                  train=False)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
         acc = jnp.mean(jnp.argmax(logits, -1) == labels)
         return ce, acc

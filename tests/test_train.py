@@ -1,0 +1,144 @@
+"""The training loop end to end on real Fashion-MNIST (tiny slices, tiny network).
+
+Runs are shared through module-scoped fixtures because each compiles a ResNet step.
+"""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from ssljax import checkpoint, sharding, train
+from ssljax.config import ConfigError, check_overrides
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from configs import simclr as simclr_config  # noqa: E402
+
+
+def tiny_config(**overrides):
+    c = simclr_config.get_config("fashion_mnist")
+    c.data.train_split = "train[:256]"
+    c.data.test_split = "test[:128]"
+    c.data.image_size = 16
+    c.model.width = 4
+    c.projector.hidden_dims = (32,)
+    c.projector.out_dim = 16
+    c.batch_size = 16
+    c.total_steps = 6
+    c.log_every = 1
+    c.checkpoint_every = 1000
+    c.optimizer.warmup_epochs = 0.0
+    c.optimizer.lr = 0.5
+    c.eval.baselines = False
+    c.eval.linear_epochs = 2
+    c.eval.knn_k = 5
+    for key, value in overrides.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+def read_losses(workdir):
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+@pytest.fixture(scope="module")
+def run_8dev(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run8"))
+    results = train.train_and_evaluate(tiny_config(), workdir, mesh=sharding.make_mesh(8))
+    return workdir, results
+
+
+@pytest.fixture(scope="module")
+def run_1dev(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("run1"))
+    results = train.train_and_evaluate(tiny_config(), workdir, mesh=sharding.make_mesh(1))
+    return workdir, results
+
+
+def test_run_writes_metrics_results_and_checkpoint(run_8dev):
+    workdir, results = run_8dev
+    losses = read_losses(workdir)
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]  # log_every=1, every step
+    assert all(math.isfinite(v) for v in losses.values())
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        first = json.loads(f.readline())
+    assert {"step", "loss", "lr", "probe_top1"} <= set(first)
+    on_disk = json.load(open(os.path.join(workdir, "results.json")))
+    assert on_disk == results
+    for key in ("linear_probe_top1", "knn_top1"):
+        assert 0.0 <= results[key] <= 100.0
+    assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == 6
+    assert os.listdir(os.path.join(workdir, "tensorboard"))
+
+
+def test_eight_devices_equal_one_device(run_8dev, run_1dev):
+    # The objective, BatchNorm and the optimizer see the same global batch either way.
+    l8, l1 = read_losses(run_8dev[0]), read_losses(run_1dev[0])
+    np.testing.assert_allclose([l8[s] for s in sorted(l8)], [l1[s] for s in sorted(l1)],
+                               rtol=2e-4)
+
+
+def test_resume_continues_exactly(run_1dev, tmp_path):
+    workdir = str(tmp_path)
+    mesh = sharding.make_mesh(1)
+    assert train.train_and_evaluate(tiny_config(stop_after_step=3), workdir, mesh=mesh) == {}
+    assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == 3
+    results = train.train_and_evaluate(tiny_config(), workdir, mesh=mesh)
+    resumed, straight = read_losses(workdir), read_losses(run_1dev[0])
+    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([resumed[s] for s in (4, 5, 6)], [straight[s] for s in (4, 5, 6)],
+                               rtol=1e-6)
+    assert results["linear_probe_top1"] == run_1dev[1]["linear_probe_top1"]
+
+
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
+    workdir = str(tmp_path)
+    mesh = sharding.make_mesh(1)
+    train.train_and_evaluate(tiny_config(stop_after_step=2), workdir, mesh=mesh)
+    with pytest.raises(train.NonFiniteLossError, match=r"step \d.*checkpoint at step 2.*intact"):
+        # A NaN learning rate poisons the parameters at step 3; step 4's loss is NaN.
+        train.train_and_evaluate(tiny_config(**{"optimizer.lr": float("nan")}), workdir, mesh=mesh)
+    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
+    assert ckpt.all_steps() == [2]
+    # The kept checkpoint restores and trains on.
+    results = train.train_and_evaluate(tiny_config(), workdir, mesh=mesh)
+    assert math.isfinite(results["linear_probe_top1"])
+
+
+def test_unknown_config_key_names_the_closest_key():
+    cfg = tiny_config()
+    check_overrides(["--config.optimizer.lr=0.1", "--workdir=x"], cfg)
+    with pytest.raises(ConfigError, match=r"Unknown config key 'optimizer\.lrr'.*'optimizer\.lr'"):
+        check_overrides(["--config.optimizer.lrr=0.1"], cfg)
+
+
+def test_cli_rejects_unknown_key_in_one_sentence(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ssljax.main", "--config=configs/simclr.py:fashion_mnist",
+         f"--workdir={tmp_path}", "--config.optimizer.momentun=0.5"],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: Unknown config key 'optimizer.momentun' in --config.optimizer.momentun; "
+        "did you mean 'optimizer.momentum'?"]
+    assert not os.listdir(tmp_path)  # nothing was started
+
+
+def test_missing_dataset_names_the_fix(tmp_path):
+    from ssljax import data
+    cfg = tiny_config(**{"data.name": "cifar10", "data.data_dir": str(tmp_path)})
+    with pytest.raises(data.DatasetNotFoundError, match="tfds build cifar10"):
+        train.train_and_evaluate(cfg, str(tmp_path / "run"), mesh=sharding.make_mesh(1))
