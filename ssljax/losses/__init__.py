@@ -1,0 +1,23 @@
+"""Pure self-supervised objectives: import these into your own JAX code.
+
+Every function takes the *global* batch as plain arrays, computes in float32 (or
+float64 for float64 inputs) and returns float32 scalars. Under `jax.jit` with the
+batch sharded over a mesh axis, negatives, covariances and standardisation span all
+devices by construction: the compiler inserts the collectives.
+
+  contrastive    nt_xent (SimCLR), infonce (MoCo), supcon (SupCon, SelfCon)
+  redundancy     barlow_twins, vicreg
+  information    corinfomax_init, corinfomax, CorInfoMaxState
+  regression     byol
+  reconstruction masked_reconstruction, patchify, unpatchify (MRCL)
+  tiled          tiled_logsumexp: the memory-efficient core of the contrastive losses
+"""
+from ssljax.losses.contrastive import infonce, nt_xent, supcon
+from ssljax.losses.tiled import tiled_logsumexp
+
+__all__ = [
+    "infonce",
+    "nt_xent",
+    "supcon",
+    "tiled_logsumexp",
+]
