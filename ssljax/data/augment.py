@@ -1,0 +1,416 @@
+"""SimCLR-style augmentations, batched and stateless.
+
+Every augmentation is split in two: ``sample_params`` draws the per-example random
+parameters of a whole batch from one stateless seed, ``apply_params`` applies them.
+The split lets a process draw the parameters of the *global* batch, keep only its
+own rows and augment only its own images, so the data a run sees does not depend on
+how many processes read it. All ops work on a float32 batch ``[B, H, W, C]`` in
+[0, 1] at once: on a small CPU the per-op overhead, not the arithmetic, dominates.
+
+References:
+  Chen et al., "A Simple Framework for Contrastive Learning of Visual
+  Representations" (SimCLR), 2020, Appendix A; github.com/google-research/simclr.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import tensorflow as tf
+
+__all__ = [
+    "AugmentConfig",
+    "augment_batch",
+    "sample_params",
+    "slice_params",
+    "apply_params",
+    "random_resized_crop",
+    "random_flip",
+    "color_jitter",
+    "random_grayscale",
+    "gaussian_blur",
+    "solarize",
+    "fold_seed",
+]
+
+# Tags that derive one independent stream per op from the batch seed; fixed numbers so
+# that adding an op never changes the random draws of the others.
+_CROP, _FLIP, _JITTER, _GRAY, _BLUR, _SOLAR = 1, 2, 3, 4, 5, 6
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, as torchvision and tf.image use
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentConfig:
+    """Parameters of one view's augmentation; defaults are SimCLR's CIFAR recipe.
+
+    Attributes:
+      crop_scale: range of the crop's area as a fraction of the image area.
+      crop_ratio: range of the crop's aspect ratio (width / height), log-uniform.
+      flip_p: probability of a horizontal flip.
+      jitter_p: probability of colour jitter.
+      brightness, contrast, saturation: jitter strength ``s``; factors are drawn from
+        ``U[max(0, 1 - s), 1 + s]``. 0 disables the op.
+      hue: hue shift drawn from ``U[-hue, hue]`` (fraction of the colour wheel).
+      jitter_random_order: apply the four jitter ops in a random order per example
+        (torchvision / SimCLR); False uses brightness, contrast, saturation, hue.
+      grayscale_p: probability of converting to grayscale (no-op for 1 channel).
+      blur_p: probability of a Gaussian blur with kernel ~10% of the image size.
+      blur_sigma: range of the blur's standard deviation in pixels.
+      solarize_p: probability of solarizing (``x >= 0.5 -> 1 - x``).
+    """
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    jitter_random_order: bool = True
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: float = 0.0
+
+    def __post_init__(self):
+        for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+            value = tuple(float(v) for v in getattr(self, name))
+            if len(value) != 2 or value[0] > value[1] or value[0] <= 0:
+                raise ValueError(f"AugmentConfig.{name} must be (low, high) with 0 < low <= high, got {value}.")
+            object.__setattr__(self, name, value)
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"AugmentConfig.{name} is a probability in [0, 1], got {getattr(self, name)}.")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> AugmentConfig:
+        """Builds a config from a mapping (e.g. an ``ml_collections.ConfigDict``).
+
+        Raises:
+          ValueError: a key is not a field; the message lists the valid keys.
+
+        >>> AugmentConfig.from_dict({"blur_p": 0.5}).blur_p
+        0.5
+        """
+        valid = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"Unknown augmentation key(s) {unknown}; valid keys are {valid}.")
+        return cls(**dict(d))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def fold_seed(seed: tf.Tensor, *data: Any) -> tf.Tensor:
+    """Derives a new stateless seed ``[2]`` from ``seed`` and integers ``data``."""
+    seed = tf.cast(seed, tf.int64)
+    for value in data:
+        seed = tf.random.experimental.stateless_fold_in(seed, tf.cast(value, tf.int64))
+    return seed
+
+
+def _uniform(seed, shape, low, high):
+    return tf.random.stateless_uniform(shape, seed, minval=low, maxval=high, dtype=tf.float32)
+
+
+def _bernoulli(seed, batch, p):
+    return tf.random.stateless_uniform([batch], seed) < p
+
+
+def _bcast(v):
+    """[B] -> [B, 1, 1, 1] so a per-example value broadcasts over an image batch."""
+    return v[:, None, None, None]
+
+
+def _gray(x):
+    if x.shape[-1] == 1:
+        return x
+    return tf.tensordot(x, tf.constant(_LUMA, x.dtype), axes=[[-1], [0]])[..., None]
+
+
+# ----------------------------------------------------------------------------- params
+
+
+def _sample_crop(seed, batch, height, width, scale, ratio, attempts=10):
+    """Per-example crop ``[B, 4]`` as ``(y0, x0, h, w)`` in pixels (torchvision's rule).
+
+    Tries ``attempts`` (area, log-ratio) draws per example and keeps the first that
+    fits; if none fits it falls back to the largest central crop within ``ratio``.
+    """
+    height_f = tf.cast(height, tf.float32)
+    width_f = tf.cast(width, tf.float32)
+    area = height_f * width_f
+    s_area, s_ratio, s_y, s_x = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    target = area * _uniform(s_area, [batch, attempts], scale[0], scale[1])
+    aspect = tf.exp(_uniform(s_ratio, [batch, attempts], math.log(ratio[0]), math.log(ratio[1])))
+    w = tf.round(tf.sqrt(target * aspect))
+    h = tf.round(tf.sqrt(target / aspect))
+    fits = (w > 0) & (w <= width_f) & (h > 0) & (h <= height_f)
+    first = tf.argmax(tf.cast(fits, tf.int32), axis=1, output_type=tf.int32)
+    any_fits = tf.reduce_any(fits, axis=1)
+    w = tf.gather(w, first, batch_dims=1)
+    h = tf.gather(h, first, batch_dims=1)
+    in_ratio = width_f / height_f
+    fb_w = tf.where(in_ratio > ratio[1], tf.round(height_f * ratio[1]), width_f)
+    fb_h = tf.where(in_ratio < ratio[0], tf.round(width_f / ratio[0]), height_f)
+    w = tf.where(any_fits, w, fb_w)
+    h = tf.where(any_fits, h, fb_h)
+    y0 = tf.minimum(tf.floor(_uniform(s_y, [batch], 0.0, 1.0) * (height_f - h + 1)), height_f - h)
+    x0 = tf.minimum(tf.floor(_uniform(s_x, [batch], 0.0, 1.0) * (width_f - w + 1)), width_f - w)
+    return tf.stack([y0, x0, h, w], axis=1)
+
+
+def _jitter_ops(cfg: AugmentConfig, channels: int) -> list[str]:
+    ops = [("brightness", cfg.brightness), ("contrast", cfg.contrast)]
+    if channels == 3:  # saturation and hue do not exist for grayscale images
+        ops += [("saturation", cfg.saturation), ("hue", cfg.hue)]
+    return [name for name, strength in ops if strength > 0]
+
+
+def sample_params(
+    seed: tf.Tensor,
+    batch_size: int,
+    image_shape: tuple[Any, Any, int],
+    cfg: AugmentConfig,
+    *,
+    crop: bool = True,
+) -> dict[str, tf.Tensor]:
+    """Draws the random parameters of a batch; every leaf has leading dimension B.
+
+    Args:
+      seed: stateless seed, int tensor of shape ``[2]``.
+      batch_size: B, the number of examples to draw for (e.g. the global batch).
+      image_shape: ``(H, W, C)`` of the input images (H and W may be tensors).
+      cfg: the augmentation.
+      crop: whether to draw the random resized crop.
+
+    Returns:
+      A dict of per-example tensors, consumed by :func:`apply_params`.
+    """
+    height, width, channels = image_shape
+    params = {}
+    if crop:
+        params["crop"] = _sample_crop(
+            fold_seed(seed, _CROP), batch_size, height, width, cfg.crop_scale, cfg.crop_ratio)
+    if cfg.flip_p > 0:
+        params["flip"] = _bernoulli(fold_seed(seed, _FLIP), batch_size, cfg.flip_p)
+    ops = _jitter_ops(cfg, channels)
+    if cfg.jitter_p > 0 and ops:
+        s_apply, s_factor, s_order = tf.unstack(
+            tf.random.experimental.stateless_split(fold_seed(seed, _JITTER), 3))
+        params["jitter"] = _bernoulli(s_apply, batch_size, cfg.jitter_p)
+        factor_seeds = tf.unstack(tf.random.experimental.stateless_split(s_factor, 4))
+        for i, name in enumerate(("brightness", "contrast", "saturation", "hue")):
+            if name not in ops:
+                continue
+            strength = getattr(cfg, name)
+            low, high = (-strength, strength) if name == "hue" else (max(0.0, 1 - strength), 1 + strength)
+            params[name] = _uniform(factor_seeds[i], [batch_size], low, high)
+        if cfg.jitter_random_order:
+            keys = tf.random.stateless_uniform([batch_size, len(ops)], s_order)
+            params["jitter_order"] = tf.argsort(keys, axis=1, stable=True)
+    if cfg.grayscale_p > 0 and channels == 3:
+        params["grayscale"] = _bernoulli(fold_seed(seed, _GRAY), batch_size, cfg.grayscale_p)
+    if cfg.blur_p > 0:
+        s_apply, s_sigma = tf.unstack(tf.random.experimental.stateless_split(fold_seed(seed, _BLUR), 2))
+        params["blur"] = _bernoulli(s_apply, batch_size, cfg.blur_p)
+        params["blur_sigma"] = _uniform(s_sigma, [batch_size], *cfg.blur_sigma)
+    if cfg.solarize_p > 0:
+        params["solarize"] = _bernoulli(fold_seed(seed, _SOLAR), batch_size, cfg.solarize_p)
+    return params
+
+
+def slice_params(params: dict[str, tf.Tensor], start: Any, stop: Any) -> dict[str, tf.Tensor]:
+    """Keeps rows ``[start:stop]`` of every parameter (this process's share)."""
+    return {k: v[start:stop] for k, v in params.items()}
+
+
+# ----------------------------------------------------------------------------- ops
+
+
+def random_resized_crop(images: tf.Tensor, crop: tf.Tensor, out_size: int) -> tf.Tensor:
+    """Crops ``crop[b] = (y0, x0, h, w)`` pixels of each image and resizes to ``out_size``.
+
+    Sample points are placed as in a half-pixel (``align_corners=False``) resize of
+    the crop, so a full-image crop at the same size is the identity.
+    """
+    shape = tf.shape(images)
+    height = tf.cast(shape[1], tf.float32)
+    width = tf.cast(shape[2], tf.float32)
+    y0, x0, h, w = tf.unstack(crop, axis=1)
+    half_y = 0.5 * h / out_size
+    half_x = 0.5 * w / out_size
+    top = tf.clip_by_value(y0 + half_y - 0.5, 0.0, height - 1)
+    bottom = tf.clip_by_value(y0 + h - half_y - 0.5, 0.0, height - 1)
+    left = tf.clip_by_value(x0 + half_x - 0.5, 0.0, width - 1)
+    right = tf.clip_by_value(x0 + w - half_x - 0.5, 0.0, width - 1)
+    boxes = tf.stack(
+        [top / tf.maximum(height - 1, 1.0), left / tf.maximum(width - 1, 1.0),
+         bottom / tf.maximum(height - 1, 1.0), right / tf.maximum(width - 1, 1.0)], axis=1)
+    return tf.image.crop_and_resize(
+        images, boxes, tf.range(shape[0]), [out_size, out_size], method="bilinear")
+
+
+def random_flip(images: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
+    """Mirrors left-right the images where ``flip`` (``[B]`` bool) is True."""
+    return tf.where(_bcast(flip), images[:, :, ::-1], images)
+
+
+def _brightness(x, f):
+    return x * _bcast(f)
+
+
+def _contrast(x, f):
+    # torchvision blends with the mean of the grayscale image (one scalar per image).
+    mean = tf.reduce_mean(_gray(x), axis=[1, 2, 3], keepdims=True)
+    return (x - mean) * _bcast(f) + mean
+
+
+def _saturation(x, f):
+    gray = _gray(x)
+    return gray + (x - gray) * _bcast(f)
+
+
+def _hue(x, delta):
+    hsv = tf.image.rgb_to_hsv(x)
+    hue = tf.math.floormod(hsv[..., :1] + _bcast(delta), 1.0)
+    return tf.image.hsv_to_rgb(tf.concat([hue, hsv[..., 1:]], axis=-1))
+
+
+_JITTER_FNS = {"brightness": _brightness, "contrast": _contrast, "saturation": _saturation, "hue": _hue}
+_JITTER_IDENTITY = {"brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.0}
+
+
+def color_jitter(images: tf.Tensor, params: Mapping[str, tf.Tensor]) -> tf.Tensor:
+    """Brightness, contrast, saturation and hue jitter with per-example factors.
+
+    ``params`` holds a ``[B]`` factor for each op that runs (only brightness and
+    contrast for 1-channel images), optionally ``jitter_order`` ``[B, n_ops]`` (a
+    permutation per example) and ``jitter`` ``[B]`` bool (which examples change).
+    Each op is clipped to [0, 1], as torchvision does. With a random order, stage k
+    runs every op but with the identity factor except for the op each example puts
+    at position k: n_ops^2 cheap elementwise ops, no per-example control flow.
+    """
+    channels = images.shape[-1]
+    ops = [n for n in ("brightness", "contrast", "saturation", "hue")
+           if n in params and (channels == 3 or n in ("brightness", "contrast"))]
+    x = images
+    order = params.get("jitter_order")
+    if order is None:
+        for name in ops:
+            x = tf.clip_by_value(_JITTER_FNS[name](x, params[name]), 0.0, 1.0)
+    else:
+        for stage in range(len(ops)):
+            for j, name in enumerate(ops):
+                chosen = tf.equal(order[:, stage], j)
+                factor = tf.where(chosen, params[name], _JITTER_IDENTITY[name])
+                x = _JITTER_FNS[name](x, factor)
+            x = tf.clip_by_value(x, 0.0, 1.0)
+    if "jitter" in params:
+        x = tf.where(_bcast(params["jitter"]), x, images)
+    return x
+
+
+def random_grayscale(images: tf.Tensor, gray: tf.Tensor) -> tf.Tensor:
+    """Replaces RGB by its luma (kept as 3 channels) where ``gray`` is True."""
+    if images.shape[-1] == 1:
+        return images
+    return tf.where(_bcast(gray), tf.broadcast_to(_gray(images), tf.shape(images)), images)
+
+
+def blur_radius(image_size: int) -> int:
+    """Kernel radius for an image side: SimCLR's kernel of ~10% of the side, odd."""
+    return max(1, (image_size // 10) // 2)
+
+
+def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
+    """Blurs each image with its own Gaussian ``sigma[b]`` (pixels), reflect padding.
+
+    The batch is folded into channels so that one separable depthwise convolution
+    applies B different kernels at once.
+    """
+    batch = tf.shape(images)[0]
+    height, width, channels = images.shape[1], images.shape[2], images.shape[3]
+    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+    kernel = tf.exp(-tf.square(offsets)[None, :] / (2.0 * tf.square(sigma)[:, None]))
+    kernel = kernel / tf.reduce_sum(kernel, axis=1, keepdims=True)  # [B, k]
+    kernel = tf.transpose(tf.repeat(kernel, channels, axis=0))  # [k, B*C], index b*C + c
+    x = tf.transpose(images, [1, 2, 0, 3])
+    x = tf.reshape(x, [1, tf.shape(x)[0], tf.shape(x)[1], batch * channels])
+    x = tf.pad(x, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="REFLECT")
+    x = tf.nn.depthwise_conv2d(x, kernel[:, None, :, None], [1, 1, 1, 1], "VALID")
+    x = tf.nn.depthwise_conv2d(x, kernel[None, :, :, None], [1, 1, 1, 1], "VALID")
+    x = tf.reshape(x, [tf.shape(x)[1], tf.shape(x)[2], batch, channels])
+    x = tf.transpose(x, [2, 0, 1, 3])
+    return tf.ensure_shape(x, [None, height, width, channels])
+
+
+def solarize(images: tf.Tensor, flag: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
+    """Inverts pixels at or above ``threshold`` where ``flag`` is True (BYOL's rule)."""
+    return tf.where(_bcast(flag) & (images >= threshold), 1.0 - images, images)
+
+
+def apply_params(
+    images: tf.Tensor, params: Mapping[str, tf.Tensor], out_size: int | None = None
+) -> tf.Tensor:
+    """Applies sampled parameters in SimCLR's order and clips to [0, 1].
+
+    Order: random resized crop, flip, colour jitter, grayscale, blur, solarize.
+
+    Args:
+      images: float32 ``[B, H, W, C]`` in [0, 1].
+      params: from :func:`sample_params` (possibly sliced), B rows.
+      out_size: side of the output when ``params`` has a crop.
+
+    Returns:
+      float32 ``[B, out_size, out_size, C]`` in [0, 1].
+    """
+    x = tf.convert_to_tensor(images, tf.float32)
+    if "crop" in params:
+        if out_size is None:
+            raise ValueError("apply_params needs out_size when the parameters include a crop.")
+        x = random_resized_crop(x, params["crop"], out_size)
+    if "flip" in params:
+        x = random_flip(x, params["flip"])
+    if "jitter" in params:
+        x = color_jitter(x, params)
+    if "grayscale" in params:
+        x = random_grayscale(x, params["grayscale"])
+    if "blur" in params:
+        blurred = gaussian_blur(x, params["blur_sigma"], blur_radius(int(x.shape[1])))
+        x = tf.where(_bcast(params["blur"]), blurred, x)
+    if "solarize" in params:
+        x = solarize(x, params["solarize"])
+    return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def augment_batch(
+    images: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig, out_size: int
+) -> tf.Tensor:
+    """Augments a batch: draws per-example parameters from ``seed`` and applies them.
+
+    Args:
+      images: float32 ``[B, H, W, C]`` in [0, 1].
+      seed: int tensor of shape ``[2]`` (stateless: same seed, same output).
+      cfg: the augmentation.
+      out_size: side of the square output.
+
+    Returns:
+      float32 ``[B, out_size, out_size, C]`` in [0, 1].
+
+    >>> x = tf.random.uniform([4, 28, 28, 1])
+    >>> augment_batch(x, tf.constant([0, 1]), AugmentConfig(), 24).shape
+    TensorShape([4, 24, 24, 1])
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    shape = tf.shape(images)
+    batch = images.shape[0] if images.shape[0] is not None else shape[0]
+    height = images.shape[1] if images.shape[1] is not None else shape[1]
+    width = images.shape[2] if images.shape[2] is not None else shape[2]
+    params = sample_params(seed, batch, (height, width, images.shape[-1]), cfg)
+    return apply_params(images, params, out_size)

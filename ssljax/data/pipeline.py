@@ -1,0 +1,376 @@
+"""Per-process tf.data pipelines that feed global ``jax.Array`` batches.
+
+Pre-training data is *indexed by global step*: element ``s`` of
+:func:`make_pretrain_dataset` is this process's share of the global batch of
+training step ``s``, computed from ``(seed, s)`` alone. So a run restarted at step
+``k`` sees exactly the batches an uninterrupted run sees from ``k`` on, and the
+global batch does not depend on the number of processes that read it.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import tensorflow as tf
+
+from ssljax.data import augment as aug
+
+__all__ = [
+    "configure_tf",
+    "make_pretrain_dataset",
+    "make_tfds_stream",
+    "make_eval_batches",
+    "to_global",
+    "global_iterator",
+]
+
+_TF_THREADS: int | None = None
+# Streams derived from the user's seed; distinct tags keep them independent.
+_PERM_TAG, _AUG_TAG, _CROP_TAG = 1, 2, 3
+
+
+def configure_tf(threads: int | None = None) -> None:
+    """Keeps TensorFlow off accelerators and bounds its CPU threads.
+
+    TF shares the host with JAX: it must not reserve GPU memory, and on a small CPU
+    its default thread pools (one thread per core, twice) starve the train step.
+
+    Args:
+      threads: size of the private thread pool of every dataset built afterwards by
+        this module (and, if TF has not started yet, of TF's global pools). None
+        leaves TF's defaults.
+    """
+    global _TF_THREADS
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TF already initialised; it then holds no GPU if hidden earlier
+        pass
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"configure_tf(threads) needs threads >= 1 or None, got {threads}.")
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # already initialised: the per-dataset pool still applies
+            pass
+    _TF_THREADS = threads
+
+
+def _options() -> tf.data.Options:
+    options = tf.data.Options()
+    options.deterministic = True
+    if _TF_THREADS is not None:
+        options.threading.private_threadpool_size = _TF_THREADS
+        options.threading.max_intra_op_parallelism = 1
+    return options
+
+
+def _view_configs(augment, num_views: int) -> list[aug.AugmentConfig]:
+    if isinstance(augment, aug.AugmentConfig):
+        return [augment] * num_views
+    configs = list(augment)
+    if len(configs) != num_views:
+        raise ValueError(
+            f"Got {len(configs)} augmentation configs for num_views={num_views}; "
+            "pass one config, or one per view.")
+    return configs
+
+
+def _local_batch(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} must be divisible by the number of "
+            f"processes ({process_count}).")
+    return global_batch_size // process_count
+
+
+def _normalize(x, mean, std):
+    mean = tf.constant(np.asarray(mean, np.float32))
+    std = tf.constant(np.asarray(std, np.float32))
+    return (x - mean) / std
+
+
+def make_pretrain_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    global_batch_size: int,
+    num_views: int,
+    augment: aug.AugmentConfig | Sequence[aug.AugmentConfig],
+    seed: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    start_step: int = 0,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> tf.data.Dataset:
+    """Infinite dataset of multi-view batches, one element per training step.
+
+    For step ``s``: ``epoch = s // steps_per_epoch`` (``N // global_batch_size``,
+    the remainder is dropped), a permutation of the N examples derived statelessly
+    from ``(seed, epoch)`` picks the global batch, and the augmentation parameters
+    of the whole global batch are drawn from ``(seed, s, view)``; this process keeps
+    rows ``[process_index * b, (process_index + 1) * b)`` with
+    ``b = global_batch_size // process_count``.
+
+    Args:
+      images: uint8 ``[N, H, W, C]``, held in memory.
+      labels: int ``[N]``.
+      global_batch_size: examples per step over all processes.
+      num_views: V, augmented views of each example.
+      augment: one config for every view, or a list of V (asymmetric views).
+      seed: data seed (order and augmentations).
+      image_size: side of the square output views.
+      mean, std: per-channel normalisation in [0, 1] units.
+      start_step: the first element is the batch of this step (resuming).
+      process_index, process_count: this process and how many read.
+
+    Returns:
+      A ``tf.data.Dataset`` of ``{'views': float32 [b, V, S, S, C], 'label': int32 [b]}``.
+
+    >>> x = np.zeros([8, 28, 28, 1], np.uint8); y = np.arange(8)
+    >>> ds = make_pretrain_dataset(x, y, global_batch_size=4, num_views=2,
+    ...     augment=aug.AugmentConfig(), seed=0, image_size=28, mean=[0.5], std=[0.5])
+    >>> next(iter(ds))["views"].shape
+    TensorShape([4, 2, 28, 28, 1])
+    """
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}.")
+    num_examples, height, width, channels = images.shape
+    if len(labels) != num_examples:
+        raise ValueError(f"{num_examples} images but {len(labels)} labels.")
+    local = _local_batch(global_batch_size, process_count)
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index={process_index} is not in [0, {process_count}).")
+    steps_per_epoch = num_examples // global_batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"global_batch_size={global_batch_size} exceeds the {num_examples} examples.")
+    configs = _view_configs(augment, num_views)
+
+    images_t = tf.constant(images)
+    labels_t = tf.constant(np.asarray(labels, np.int32))
+    base = tf.constant([seed, 0], tf.int64)
+    perm_seed = aug.fold_seed(base, _PERM_TAG)
+    aug_seed = aug.fold_seed(base, _AUG_TAG)
+    lo = process_index * local
+
+    def make_batch(step):
+        epoch = step // steps_per_epoch
+        positions = (step % steps_per_epoch) * global_batch_size + lo + tf.range(local, dtype=tf.int64)
+        index = tf.random.experimental.index_shuffle(
+            positions, aug.fold_seed(perm_seed, epoch), tf.constant(num_examples - 1, tf.int64))
+        x = tf.cast(tf.gather(images_t, index), tf.float32) / 255.0
+        views = []
+        for v, cfg in enumerate(configs):
+            params = aug.sample_params(
+                aug.fold_seed(aug_seed, step, v), global_batch_size, (height, width, channels), cfg)
+            views.append(aug.apply_params(x, aug.slice_params(params, lo, lo + local), image_size))
+        views = _normalize(tf.stack(views, axis=1), mean, std)
+        return {"views": views, "label": tf.gather(labels_t, index)}
+
+    ds = tf.data.Dataset.counter(start_step, dtype=tf.int64)
+    ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def make_tfds_stream(
+    name: str,
+    split: str,
+    *,
+    global_batch_size: int,
+    num_views: int,
+    augment: aug.AugmentConfig | Sequence[aug.AugmentConfig],
+    seed: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    data_dir: str | None = None,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    shuffle_buffer: int = 10_000,
+) -> tf.data.Dataset:
+    """Infinite multi-view stream from a TFDS dataset too large for memory (ImageNet).
+
+    Each process reads its own slice of the split (``tfds.split_for_jax_process``)
+    with shuffled files and a shuffle buffer, decodes each image once and takes V
+    random resized crops of it; the remaining augmentations run batched. Unlike
+    :func:`make_pretrain_dataset` the order is not a function of the step: a
+    restart at ``start_step`` draws fresh (seeded) order and augmentations.
+
+    Args:
+      name: TFDS name, e.g. ``imagenet2012``; must be prepared in ``data_dir``.
+      split: split to read, e.g. ``'train'``.
+      global_batch_size, num_views, augment, seed, image_size, mean, std: as for
+        :func:`make_pretrain_dataset`.
+      data_dir: TFDS data directory.
+      start_step: folded into the seeds so that a resumed run does not replay.
+      process_index, process_count: default ``jax.process_index()`` / ``jax.process_count()``.
+      shuffle_buffer: examples in the shuffle buffer per process.
+
+    Returns:
+      A ``tf.data.Dataset`` of ``{'views': float32 [b, V, S, S, 3], 'label': int32 [b]}``.
+    """
+    import tensorflow_datasets as tfds
+
+    from ssljax.data.sources import DatasetNotFoundError
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    local = _local_batch(global_batch_size, process_count)
+    configs = _view_configs(augment, num_views)
+    base = aug.fold_seed(tf.constant([seed, 0], tf.int64), process_index, start_step)
+
+    process_split = tfds.split_for_jax_process(
+        split, process_index=process_index, process_count=process_count)
+    read_config = tfds.ReadConfig(shuffle_seed=int(seed) + 1000003 * process_index + start_step)
+    try:
+        ds = tfds.builder(name, data_dir=data_dir).as_dataset(
+            split=process_split, shuffle_files=True, read_config=read_config,
+            decoders={"image": tfds.decode.SkipDecoding()})
+    except (tfds.core.DatasetNotFoundError, AssertionError, FileNotFoundError) as e:
+        where = data_dir or "~/tensorflow_datasets"
+        manual = (f" (after putting the ILSVRC2012 tar files in {where}/downloads/manual)"
+                  if name.startswith("imagenet") else "")
+        raise DatasetNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in {where}; run "
+            f"`tfds build {name} --data_dir={where}`{manual} first.") from e
+    ds = ds.repeat().shuffle(shuffle_buffer, seed=int(seed) + process_index + 7919 * start_step)
+    ds = ds.enumerate()
+
+    crop_seed = aug.fold_seed(base, _CROP_TAG)
+    aug_seed = aug.fold_seed(base, _AUG_TAG)
+
+    def decode_and_crop(i, example):
+        image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+        image = tf.cast(image, tf.float32)[None] / 255.0
+        shape = tf.shape(image)
+        views = []
+        for v, cfg in enumerate(configs):
+            crop = aug._sample_crop(  # noqa: SLF001 -- one example, dynamic shape
+                aug.fold_seed(crop_seed, i, v), 1, shape[1], shape[2], cfg.crop_scale, cfg.crop_ratio)
+            views.append(aug.random_resized_crop(image, crop, image_size)[0])
+        return tf.stack(views), tf.cast(example["label"], tf.int32)
+
+    def augment_rest(step, batch):
+        crops, label = batch
+        views = []
+        for v, cfg in enumerate(configs):
+            params = aug.sample_params(
+                aug.fold_seed(aug_seed, step, v), local, (image_size, image_size, 3), cfg, crop=False)
+            views.append(aug.apply_params(crops[:, v], params))
+        return {"views": _normalize(tf.stack(views, axis=1), mean, std), "label": label}
+
+    ds = ds.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local, drop_remainder=True).enumerate()
+    ds = ds.map(augment_rest, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def _resize_center_crop(x: np.ndarray, size: int) -> np.ndarray:
+    """Resizes the shorter side to ``size`` (bilinear, antialiased) and centre-crops."""
+    height, width = x.shape[1:3]
+    if (height, width) == (size, size):
+        return x
+    scale = size / min(height, width)
+    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+    x = tf.image.resize(x, [new_h, new_w], method="bilinear", antialias=True).numpy()
+    top, left = (new_h - size) // 2, (new_w - size) // 2
+    return x[:, top:top + size, left:left + size]
+
+
+def make_eval_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    image_size: int | None = None,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Yields every example once, in order, without augmentation.
+
+    ``batch_size`` is global: each process yields its contiguous share of each
+    global batch, and all processes yield the same number of batches. The last
+    global batch is padded to full size; ``mask`` marks the real examples.
+
+    Args:
+      images: uint8 ``[N, H, W, C]``.
+      labels: int ``[N]``.
+      batch_size: global batch size (divisible by ``process_count``).
+      mean, std: per-channel normalisation in [0, 1] units.
+      image_size: if given and different from the images, resize the shorter side
+        to it and centre-crop.
+      process_index, process_count: this process and how many read.
+
+    Yields:
+      ``{'image': float32 [b, S, S, C], 'label': int32 [b], 'mask': float32 [b]}``;
+      padded rows have label 0 and mask 0.
+
+    >>> x = np.zeros([5, 2, 2, 1], np.uint8)
+    >>> [b["mask"].tolist() for b in make_eval_batches(x, np.arange(5), batch_size=4,
+    ...                                                 mean=[0.], std=[1.])]
+    [[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]]
+    """
+    local = _local_batch(batch_size, process_count)
+    num_examples = len(images)
+    labels = np.asarray(labels, np.int32)
+    mean = np.asarray(mean, np.float32)
+    std = np.asarray(std, np.float32)
+    for first in range(0, num_examples, batch_size):
+        index = first + process_index * local + np.arange(local)
+        mask = index < num_examples
+        index = np.where(mask, index, 0)
+        x = images[index].astype(np.float32) / 255.0
+        if image_size is not None:
+            x = _resize_center_crop(x, image_size)
+        yield {
+            "image": (x - mean) / std,
+            "label": np.where(mask, labels[index], 0).astype(np.int32),
+            "mask": mask.astype(np.float32),
+        }
+
+
+def to_global(batch: dict[str, Any], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+    """Turns this process's share of a batch into global arrays (batch axis 0).
+
+    Args:
+      batch: pytree of host arrays (numpy or tf tensors), leading dim = local batch.
+      sharding: e.g. ``NamedSharding(mesh, P('data'))``; used for every leaf.
+
+    Returns:
+      The same pytree of global ``jax.Array``s whose leading dim is the global batch.
+    """
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+
+
+def global_iterator(
+    ds: tf.data.Dataset | Iterable[dict[str, Any]],
+    sharding: jax.sharding.Sharding,
+    *,
+    prefetch: int = 2,
+) -> Iterator[dict[str, jax.Array]]:
+    """Iterates a dataset as global arrays, ``prefetch`` batches ahead on device.
+
+    The host-to-device copies are asynchronous, so keeping a couple of batches in
+    flight overlaps the transfer with the running step.
+    """
+    source = ds.as_numpy_iterator() if isinstance(ds, tf.data.Dataset) else iter(ds)
+    queue: collections.deque = collections.deque()
+    for batch in source:
+        queue.append(to_global(batch, sharding))
+        if len(queue) > prefetch:
+            yield queue.popleft()
+    while queue:
+        yield queue.popleft()
+

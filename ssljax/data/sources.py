@@ -1,0 +1,288 @@
+"""Dataset sources: in-memory arrays (offline Fashion-MNIST, TFDS) and dataset facts.
+
+Fashion-MNIST is read straight from the gzipped IDX files that the Debian package
+``dataset-fashion-mnist`` installs, so the default job needs neither network nor
+TFDS preparation. Other datasets come from TFDS and must have been prepared
+(``tfds build <name> --data_dir=...``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import os
+import re
+
+import numpy as np
+
+__all__ = [
+    "DatasetInfo",
+    "DatasetNotFoundError",
+    "dataset_info",
+    "load_arrays",
+    "parse_split",
+    "FASHION_MNIST_DIR_ENV",
+    "DEFAULT_FASHION_MNIST_DIR",
+]
+
+FASHION_MNIST_DIR_ENV = "SSLJAX_FASHION_MNIST_DIR"
+DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is neither on disk nor prepared for TFDS; the message says how to get it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset that the trainer and configs need.
+
+    Attributes:
+      name: canonical dataset name (the TFDS name).
+      num_classes: number of label classes.
+      image_shape: ``(H, W, C)`` of the images as stored (imagenet: the training size).
+      mean: per-channel mean in [0, 1] units, length C.
+      std: per-channel standard deviation in [0, 1] units, length C.
+      num_train: examples in ``train_split``.
+      num_test: examples in ``test_split``.
+      train_split: split used for supervised training / probes.
+      test_split: split used for evaluation.
+      pretrain_split: split used for self-supervised pre-training (STL-10 adds its
+        unlabelled images; labels there are -1).
+      num_pretrain: examples in ``pretrain_split``.
+      in_memory: whether :func:`load_arrays` is the intended reader (False: stream
+        with :func:`ssljax.data.pipeline.make_tfds_stream`).
+    """
+
+    name: str
+    num_classes: int
+    image_shape: tuple[int, int, int]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    num_train: int
+    num_test: int
+    train_split: str = "train"
+    test_split: str = "test"
+    pretrain_split: str = "train"
+    num_pretrain: int = 0
+    in_memory: bool = True
+
+
+_INFOS = {
+    info.name: info
+    for info in [
+        DatasetInfo(
+            name="fashion_mnist", num_classes=10, image_shape=(28, 28, 1),
+            mean=(0.2860,), std=(0.3530,), num_train=60_000, num_test=10_000,
+            num_pretrain=60_000),
+        DatasetInfo(
+            name="cifar10", num_classes=10, image_shape=(32, 32, 3),
+            mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+            num_train=50_000, num_test=10_000, num_pretrain=50_000),
+        DatasetInfo(
+            name="cifar100", num_classes=100, image_shape=(32, 32, 3),
+            mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+            num_train=50_000, num_test=10_000, num_pretrain=50_000),
+        DatasetInfo(
+            name="stl10", num_classes=10, image_shape=(96, 96, 3),
+            mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713),
+            num_train=5_000, num_test=8_000,
+            pretrain_split="train+unlabelled", num_pretrain=105_000),
+        DatasetInfo(
+            name="imagenet2012", num_classes=1000, image_shape=(224, 224, 3),
+            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+            num_train=1_281_167, num_test=50_000, test_split="validation",
+            num_pretrain=1_281_167, in_memory=False),
+    ]
+}
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """Returns the :class:`DatasetInfo` of a supported dataset.
+
+    Args:
+      name: one of ``fashion_mnist``, ``cifar10``, ``cifar100``, ``stl10``,
+        ``imagenet2012``.
+
+    Returns:
+      The dataset's static facts.
+
+    >>> dataset_info("cifar10").num_classes
+    10
+    """
+    try:
+        return _INFOS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown dataset {name!r}; choose one of {sorted(_INFOS)}.") from None
+
+
+# ----------------------------------------------------------------------------- splits
+
+_SPLIT_RE = re.compile(r"^\s*(\w+)\s*(?:\[\s*([^:\]]*)\s*:\s*([^\]]*)\s*\])?\s*$")
+
+
+def _bound(text: str, n: int, default: int) -> int:
+    text = text.strip()
+    if not text:
+        return default
+    if text.endswith("%"):
+        value = round(float(text[:-1]) * n / 100)
+    else:
+        value = int(text)
+    if value < 0:
+        value += n
+    return min(max(value, 0), n)
+
+
+def parse_split(split: str, sizes: dict[str, int]) -> list[tuple[str, int, int]]:
+    """Parses a TFDS-style split string into ``(split, start, stop)`` slices.
+
+    Supports ``name``, ``name[a:b]`` with integer or percent bounds (negative
+    counts from the end) and ``+`` to concatenate.
+
+    >>> parse_split("train[:10]+test[-5:]", {"train": 100, "test": 20})
+    [('train', 0, 10), ('test', 15, 20)]
+    """
+    parts = []
+    for piece in split.split("+"):
+        match = _SPLIT_RE.match(piece)
+        if not match or match.group(1) not in sizes:
+            raise ValueError(
+                f"Cannot parse split {piece!r}; use one of {sorted(sizes)}, "
+                "optionally sliced like 'train[:1000]' or 'train[10%:20%]'.")
+        name, start, stop = match.groups()
+        n = sizes[name]
+        lo = _bound(start or "", n, 0)
+        hi = _bound(stop or "", n, n)
+        parts.append((name, lo, max(lo, hi)))
+    return parts
+
+
+# ----------------------------------------------------------------------------- IDX
+
+
+def _read_idx(path: str) -> np.ndarray:
+    """Decodes one gzipped IDX file (uint8 payload) into an array."""
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    zeros, dtype_code, ndim = data[0:2], data[2], data[3]
+    if zeros != b"\x00\x00" or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an uint8 IDX file.")
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    offset = 4 + 4 * ndim
+    array = np.frombuffer(data, dtype=np.uint8, offset=offset)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: expected shape {shape}.")
+    return array.reshape(shape)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_idx_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    image_file, label_file = _IDX_FILES[split]
+    images = _read_idx(os.path.join(directory, image_file))[..., None]
+    labels = _read_idx(os.path.join(directory, label_file)).astype(np.int32)
+    images.flags.writeable = False  # shared by every caller through the cache
+    labels.flags.writeable = False
+    return images, labels
+
+
+def _fashion_mnist_dir(data_dir: str | None) -> str:
+    if data_dir is not None:
+        return data_dir
+    return os.environ.get(FASHION_MNIST_DIR_ENV) or DEFAULT_FASHION_MNIST_DIR
+
+
+def _has_idx_files(directory: str) -> bool:
+    return all(
+        os.path.isfile(os.path.join(directory, f)) for pair in _IDX_FILES.values() for f in pair)
+
+
+def _slice_and_concat(parts, load):
+    images, labels = [], []
+    for name, lo, hi in parts:
+        x, y = load(name)
+        images.append(x[lo:hi])
+        labels.append(y[lo:hi])
+    if len(parts) == 1:
+        return images[0], labels[0]
+    return np.concatenate(images), np.concatenate(labels)
+
+
+# ----------------------------------------------------------------------------- TFDS
+
+
+def _tfds_load_arrays(name: str, split: str, data_dir: str | None):
+    """Loads a prepared TFDS dataset fully into memory, or raises DatasetNotFoundError."""
+    import tensorflow_datasets as tfds  # slow import, only when needed
+
+    try:
+        ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True, download=False)
+    except (tfds.core.DatasetNotFoundError, AssertionError, FileNotFoundError) as e:
+        where = data_dir or "~/tensorflow_datasets"
+        raise DatasetNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in {where}; run "
+            f"`tfds build {name} --data_dir={where}` first.") from e
+    # Chunks rather than batch_size=-1: same speed, no second full copy, and it also
+    # works under tfds.testing.mock_data (whose batch_size=-1 aborts the process).
+    images, labels = [], []
+    for x, y in tfds.as_numpy(ds.batch(8192)):
+        images.append(x)
+        labels.append(y)
+    if not images:
+        raise ValueError(f"Split {split!r} of {name} is empty.")
+    return np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32)
+
+
+def load_arrays(
+    name: str, split: str, *, data_dir: str | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Loads a whole (sliced) split into memory.
+
+    Args:
+      name: ``fashion_mnist``, ``cifar10``, ``cifar100`` or ``stl10``.
+      split: TFDS-style split, e.g. ``'train'``, ``'test'``, ``'train[:1000]'``.
+      data_dir: for ``fashion_mnist`` the folder with the IDX ``.gz`` files (default:
+        ``$SSLJAX_FASHION_MNIST_DIR`` or ``/usr/share/datasets/fashion-mnist``);
+        otherwise the TFDS data directory.
+
+    Returns:
+      ``(images, labels)``: uint8 ``[N, H, W, C]`` and int32 ``[N]``.
+
+    Raises:
+      DatasetNotFoundError: the data is not on disk; the message names the command
+        that installs or prepares it.
+
+    >>> images, labels = load_arrays("fashion_mnist", "test[:8]")  # doctest: +SKIP
+    >>> images.shape, labels.dtype  # doctest: +SKIP
+    ((8, 28, 28, 1), dtype('int32'))
+    """
+    info = dataset_info(name)
+    if not info.in_memory:
+        raise ValueError(
+            f"{name} is too large for memory; stream it with "
+            "ssljax.data.pipeline.make_tfds_stream instead.")
+    if name != "fashion_mnist":
+        return _tfds_load_arrays(name, split, data_dir)
+
+    directory = _fashion_mnist_dir(data_dir)
+    if _has_idx_files(directory):
+        # Slice by the files' real sizes (a custom folder may hold a subset).
+        names = {m.group(1) for m in map(_SPLIT_RE.match, split.split("+")) if m}
+        sizes = {s: len(_load_idx_split(directory, s)[1]) for s in names & set(_IDX_FILES)}
+        parts = parse_split(split, sizes or {"train": info.num_train, "test": info.num_test})
+        return _slice_and_concat(parts, lambda s: _load_idx_split(directory, s))
+    try:
+        return _tfds_load_arrays(name, split, None)
+    except (DatasetNotFoundError, ImportError):
+        pass
+    raise DatasetNotFoundError(
+        f"Fashion-MNIST IDX files are not in {directory}; install them with "
+        "`sudo apt-get install dataset-fashion-mnist` (or the README's `make install`), "
+        f"or point ${FASHION_MNIST_DIR_ENV} at a folder holding them.")
