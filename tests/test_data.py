@@ -349,62 +349,60 @@ def _take(ds, n):
     return [jax.tree.map(np.asarray, b) for b in ds.take(n).as_numpy_iterator()]
 
 
-def test_pretrain_batch_format(small_data):
-    batch = _take(_pretrain(small_data, num_views=3, image_size=8), 1)[0]
-    assert batch["views"].shape == (8, 3, 8, 8, 1) and batch["views"].dtype == np.float32
+@pytest.fixture(scope="module")
+def base_run(small_data):
+    """Steps 0..11 (two epochs of 6 steps) of the default pipeline, seed 0."""
+    return _take(_pretrain(small_data), 12)
+
+
+def test_pretrain_batch_format(base_run):
+    batch = base_run[0]
+    assert batch["views"].shape == (8, 2, SIDE, SIDE, 1) and batch["views"].dtype == np.float32
     assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
     assert np.abs(batch["views"][:, 0] - batch["views"][:, 1]).mean() > 0.05
+    # Normalised: raw pixels are uniform in [0, 1], so views span (0 - 0.4) / 0.2 .. 3.
+    assert batch["views"].min() >= -2.0 - 1e-5 and batch["views"].max() <= 3.0 + 1e-5
+    assert batch["views"].min() < -1.5 and batch["views"].max() > 2.5
 
 
-def test_pretrain_identity_views_are_normalised_images(small_data):
+def test_pretrain_per_view_configs(small_data):
     images, _ = small_data
-    batch = _take(_pretrain(small_data, augment=IDENTITY), 1)[0]
+    flip = dataclass_replace(IDENTITY, flip_p=1.0)
+    batch = _take(_pretrain(small_data, num_views=3, augment=[IDENTITY, flip, AugmentConfig()]), 1)[0]
+    assert batch["views"].shape == (8, 3, SIDE, SIDE, 1)
     expected = (images[batch["label"]] / 255.0 - MEAN[0]) / STD[0]
-    for v in range(2):
-        np.testing.assert_allclose(batch["views"][:, v], expected, atol=1e-5)
-
-
-def test_pretrain_asymmetric_views(small_data):
-    batch = _take(_pretrain(small_data, augment=[IDENTITY, dataclass_replace(IDENTITY, flip_p=1.0)]), 1)[0]
-    np.testing.assert_allclose(batch["views"][:, 1], batch["views"][:, 0][:, :, ::-1], atol=1e-5)
+    np.testing.assert_allclose(batch["views"][:, 0], expected, atol=1e-5)
+    np.testing.assert_allclose(batch["views"][:, 1], expected[:, :, ::-1], atol=1e-5)
+    assert np.abs(batch["views"][:, 2] - expected).mean() > 0.05
     with pytest.raises(ValueError, match="one per view"):
         _pretrain(small_data, augment=[IDENTITY])
 
 
-def test_pretrain_deterministic_and_seeded(small_data):
-    a, b = _take(_pretrain(small_data), 2), _take(_pretrain(small_data), 2)
-    c = _take(_pretrain(small_data, seed=1), 2)
-    for x, y in zip(a, b):
-        np.testing.assert_array_equal(x["views"], y["views"])
-        np.testing.assert_array_equal(x["label"], y["label"])
-    assert not np.array_equal(a[0]["label"], c[0]["label"])
-
-
-def test_pretrain_resume_at_step(small_data):
-    run = _take(_pretrain(small_data), 9)  # 6 steps per epoch: crosses an epoch
-    for k in (3, 7):
+def test_pretrain_deterministic_resumable_seeded(small_data, base_run):
+    # start_step=0 is a fresh run with the same seed; start_step=7 resumes mid-epoch 1.
+    for k in (0, 7):
         resumed = _take(_pretrain(small_data, start_step=k), 2)
         for i in range(2):
-            np.testing.assert_array_equal(resumed[i]["views"], run[k + i]["views"])
-            np.testing.assert_array_equal(resumed[i]["label"], run[k + i]["label"])
+            np.testing.assert_array_equal(resumed[i]["views"], base_run[k + i]["views"])
+            np.testing.assert_array_equal(resumed[i]["label"], base_run[k + i]["label"])
+    other = _take(_pretrain(small_data, seed=1), 1)[0]
+    assert not np.array_equal(other["label"], base_run[0]["label"])
 
 
-def test_pretrain_two_processes_equal_one(small_data):
-    one = _take(_pretrain(small_data, start_step=4), 3)
+def test_pretrain_two_processes_equal_one(small_data, base_run):
     parts = [_take(_pretrain(small_data, start_step=4, process_index=p, process_count=2), 3) for p in range(2)]
     for s in range(3):
         assert parts[0][s]["views"].shape[0] == 4
         for key in ("views", "label"):
             np.testing.assert_array_equal(
-                np.concatenate([parts[0][s][key], parts[1][s][key]]), one[s][key])
+                np.concatenate([parts[0][s][key], parts[1][s][key]]), base_run[4 + s][key])
     with pytest.raises(ValueError, match="divisible"):
         _pretrain(small_data, process_count=3)
 
 
-def test_pretrain_epochs_cover_every_example_once(small_data):
-    batches = _take(_pretrain(small_data, augment=IDENTITY), 12)  # two epochs of 6 steps
-    epoch0 = np.concatenate([b["label"] for b in batches[:6]])
-    epoch1 = np.concatenate([b["label"] for b in batches[6:]])
+def test_pretrain_epochs_cover_every_example_once(small_data, base_run):
+    epoch0 = np.concatenate([b["label"] for b in base_run[:6]])
+    epoch1 = np.concatenate([b["label"] for b in base_run[6:]])
     np.testing.assert_array_equal(np.sort(epoch0), np.arange(N))
     np.testing.assert_array_equal(np.sort(epoch1), np.arange(N))
     assert not np.array_equal(epoch0, epoch1) and not np.array_equal(epoch0, np.arange(N))
@@ -461,21 +459,22 @@ def test_eval_batches_cover_every_example_once(small_data):
     assert resized["image"].shape == (4, 6, 6, 1)
 
 
-def test_to_global_on_mesh(small_data):
+def test_to_global_on_mesh(base_run):
     mesh = Mesh(np.array(jax.devices()), ("data",))
     assert mesh.size == 8
     sharding = NamedSharding(mesh, P("data"))
-    ds = _pretrain(small_data, global_batch_size=16, image_size=8)
-    first = _take(ds, 1)[0]
+    first = base_run[0]
     batch = to_global(first, sharding)
-    assert batch["views"].shape == (16, 2, 8, 8, 1) and batch["label"].shape == (16,)
+    assert batch["views"].shape == (8, 2, SIDE, SIDE, 1) and batch["label"].shape == (8,)
     assert batch["views"].sharding == sharding
-    assert {s.data.shape for s in batch["views"].addressable_shards} == {(2, 2, 8, 8, 1)}
+    assert {s.data.shape for s in batch["views"].addressable_shards} == {(1, 2, SIDE, SIDE, 1)}
     np.testing.assert_array_equal(np.asarray(batch["views"]), first["views"])
-    it = global_iterator(ds.take(3), sharding)
-    out = list(it)
-    assert len(out) == 3 and out[0]["label"].sharding == sharding
-    np.testing.assert_array_equal(np.asarray(out[0]["label"]), first["label"])
+    out = list(global_iterator(iter(base_run[:3]), sharding))
+    assert len(out) == 3 and out[2]["label"].sharding == sharding
+    np.testing.assert_array_equal(np.asarray(out[2]["label"]), base_run[2]["label"])
+    ds = tf.data.Dataset.from_tensor_slices({"x": np.arange(32).reshape(4, 8)})
+    out = [np.asarray(b["x"]) for b in global_iterator(ds, sharding)]
+    np.testing.assert_array_equal(np.stack(out), np.arange(32).reshape(4, 8))
 
 
 def test_configure_tf_hides_gpus():

@@ -94,6 +94,23 @@ def _normalize(x, mean, std):
     return (x - mean) / std
 
 
+def _multi_view(images, seed, global_batch_size, start, configs, image_size, mean, std):
+    """Augments uint8 ``images`` (rows ``start:start+b`` of the global batch) into V views.
+
+    The parameters are drawn for the whole global batch and then sliced, so every
+    process draws the same numbers for the same example.
+    """
+    height, width, channels = images.shape[1:]
+    x = tf.cast(images, tf.float32) / 255.0
+    local = images.shape[0]  # static, so every op below has a known shape
+    views = []
+    for v, cfg in enumerate(configs):
+        params = aug.sample_params(
+            aug.fold_seed(seed, v), global_batch_size, (height, width, channels), cfg)
+        views.append(aug.apply_params(x, aug.slice_params(params, start, start + local), image_size))
+    return _normalize(tf.stack(views, axis=1), mean, std)
+
+
 def make_pretrain_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -142,7 +159,7 @@ def make_pretrain_dataset(
     images = np.asarray(images)
     if images.ndim != 4 or images.dtype != np.uint8:
         raise ValueError(f"images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}.")
-    num_examples, height, width, channels = images.shape
+    num_examples = images.shape[0]
     if len(labels) != num_examples:
         raise ValueError(f"{num_examples} images but {len(labels)} labels.")
     local = _local_batch(global_batch_size, process_count)
@@ -154,25 +171,22 @@ def make_pretrain_dataset(
             f"global_batch_size={global_batch_size} exceeds the {num_examples} examples.")
     configs = _view_configs(augment, num_views)
 
-    images_t = tf.constant(images)
+    images_t = tf.Variable(images, trainable=False)
     labels_t = tf.constant(np.asarray(labels, np.int32))
     base = tf.constant([seed, 0], tf.int64)
     perm_seed = aug.fold_seed(base, _PERM_TAG)
     aug_seed = aug.fold_seed(base, _AUG_TAG)
     lo = process_index * local
 
+    @tf.autograph.experimental.do_not_convert  # plain Python control flow; faster tracing
     def make_batch(step):
         epoch = step // steps_per_epoch
         positions = (step % steps_per_epoch) * global_batch_size + lo + tf.range(local, dtype=tf.int64)
         index = tf.random.experimental.index_shuffle(
             positions, aug.fold_seed(perm_seed, epoch), tf.constant(num_examples - 1, tf.int64))
-        x = tf.cast(tf.gather(images_t, index), tf.float32) / 255.0
-        views = []
-        for v, cfg in enumerate(configs):
-            params = aug.sample_params(
-                aug.fold_seed(aug_seed, step, v), global_batch_size, (height, width, channels), cfg)
-            views.append(aug.apply_params(x, aug.slice_params(params, lo, lo + local), image_size))
-        views = _normalize(tf.stack(views, axis=1), mean, std)
+        views = _multi_view(
+            tf.gather(images_t, index), aug.fold_seed(aug_seed, step), global_batch_size, lo,
+            tuple(configs), image_size, tuple(mean), tuple(std))
         return {"views": views, "label": tf.gather(labels_t, index)}
 
     ds = tf.data.Dataset.counter(start_step, dtype=tf.int64)
@@ -248,6 +262,7 @@ def make_tfds_stream(
     crop_seed = aug.fold_seed(base, _CROP_TAG)
     aug_seed = aug.fold_seed(base, _AUG_TAG)
 
+    @tf.autograph.experimental.do_not_convert
     def decode_and_crop(i, example):
         image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
         image = tf.cast(image, tf.float32)[None] / 255.0
@@ -259,6 +274,7 @@ def make_tfds_stream(
             views.append(aug.random_resized_crop(image, crop, image_size)[0])
         return tf.stack(views), tf.cast(example["label"], tf.int32)
 
+    @tf.autograph.experimental.do_not_convert
     def augment_rest(step, batch):
         crops, label = batch
         views = []
