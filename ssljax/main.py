@@ -9,6 +9,7 @@ the same command again resumes from the last checkpoint in ``--workdir``.
 
 from __future__ import annotations
 
+import logging as pylogging
 import os
 import sys
 
@@ -65,12 +66,18 @@ def main(argv):
 
     from ssljax import data, train
     from ssljax.config import ConfigError
-    logging.set_verbosity(logging.INFO)
+    # Our progress lines on stderr; libraries (orbax, absl) only warn.
+    logging.set_verbosity(logging.WARNING)
+    handler = pylogging.StreamHandler()
+    handler.setFormatter(pylogging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    ssljax_logger = pylogging.getLogger("ssljax")
+    ssljax_logger.addHandler(handler)
+    ssljax_logger.setLevel(pylogging.INFO)
+    ssljax_logger.propagate = False
     config = _CONFIG.value
     try:
         results = train.train_and_evaluate(config, _WORKDIR.value)
     except train.NonFiniteLossError as e:
-        logging.error("%s", e)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_NONFINITE)
     except (data.DatasetNotFoundError, ConfigError) as e:
