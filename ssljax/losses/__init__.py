@@ -7,17 +7,31 @@ devices by construction: the compiler inserts the collectives.
 
   contrastive    nt_xent (SimCLR), infonce (MoCo), supcon (SupCon, SelfCon)
   redundancy     barlow_twins, vicreg
-  information    corinfomax_init, corinfomax, CorInfoMaxState
+  information    corinfomax_init, corinfomax, CorInfoMaxState, psd_logdet
   regression     byol
   reconstruction masked_reconstruction, patchify, unpatchify (MRCL)
   tiled          tiled_logsumexp: the memory-efficient core of the contrastive losses
 """
 from ssljax.losses.contrastive import infonce, nt_xent, supcon
+from ssljax.losses.information import CorInfoMaxState, corinfomax, corinfomax_init, psd_logdet
+from ssljax.losses.reconstruction import masked_reconstruction, patchify, unpatchify
+from ssljax.losses.redundancy import barlow_twins, vicreg
+from ssljax.losses.regression import byol
 from ssljax.losses.tiled import tiled_logsumexp
 
 __all__ = [
+    "CorInfoMaxState",
+    "barlow_twins",
+    "byol",
+    "corinfomax",
+    "corinfomax_init",
     "infonce",
+    "masked_reconstruction",
     "nt_xent",
+    "patchify",
+    "psd_logdet",
     "supcon",
     "tiled_logsumexp",
+    "unpatchify",
+    "vicreg",
 ]
