@@ -260,6 +260,8 @@ def supcon(
     ids = labels
   views = _anchor_views(anchors, v)
   dtype = compute_dtype(features)
+  if b * v == 1:  # A lone embedding has neither positives nor negatives.
+    return jnp.zeros((), dtype)
   feats = l2_normalize(features.astype(dtype))
   # Batch-major order (row b * V + v) keeps each device's examples on that device.
   contrast = feats.reshape(b * v, dim)

@@ -51,7 +51,8 @@ def barlow_twins(
     z2: `[N, D]` projections of the second views.
     lambd: weight of the off-diagonal (redundancy) term.
     ddof: 0 for the biased variance (official), 1 for the unbiased one (MetaMask).
-    eps: added to the variance before the square root.
+    eps: added to the variance before the square root. With `eps=0`, a dimension
+      of zero variance is standardised to 0 (the official code would give NaN).
     return_parts: also return `{'on_diag', 'off_diag'}` (unweighted), with
       `loss = on_diag + lambd * off_diag`.
 
@@ -78,10 +79,12 @@ def barlow_twins(
   n = z1.shape[0]
 
   def standardise(z):
-    z = z.astype(dtype)
-    mean = jnp.mean(z, axis=0)
-    var = jnp.sum(jnp.square(z - mean), axis=0) / (n - ddof)
-    return (z - mean) / jnp.sqrt(var + eps)
+    z = z - jnp.mean(z.astype(dtype), axis=0)
+    var = jnp.sum(jnp.square(z), axis=0) / (n - ddof) + eps
+    # With eps = 0 a constant (dead) dimension would give 0 / 0; it is centred to
+    # exactly 0, so keep it 0, with a zero (not NaN) gradient.
+    dead = var <= 0
+    return jnp.where(dead, 0.0, z / jnp.sqrt(jnp.where(dead, 1.0, var)))
 
   c = standardise(z1).T @ standardise(z2) / n
   on_diag = jnp.sum(jnp.square(jnp.diagonal(c) - 1.0))
