@@ -124,13 +124,19 @@ def _bernoulli(seed, batch, p):
 
 def _bcast(v):
     """[B] -> [B, 1, 1, 1] so a per-example value broadcasts over an image batch."""
-    return v[:, None, None, None]
+    return tf.reshape(v, [-1, 1, 1, 1])
+
+
+def _select(flag, a, b):
+    """Per-example ``a if flag[b] else b``; a full-shape condition is ~2x faster in TF."""
+    return tf.where(tf.broadcast_to(_bcast(flag), tf.shape(a)), a, b)
 
 
 def _gray(x):
+    """Luma ``[B, H, W, 1]``."""
     if x.shape[-1] == 1:
         return x
-    return tf.tensordot(x, tf.constant(_LUMA, x.dtype), axes=[[-1], [0]])[..., None]
+    return tf.tensordot(x, tf.constant(_LUMA, x.dtype), axes=[[3], [0]])[..., None]
 
 
 # ----------------------------------------------------------------------------- params
@@ -258,7 +264,7 @@ def random_resized_crop(images: tf.Tensor, crop: tf.Tensor, out_size: int) -> tf
 
 def random_flip(images: tf.Tensor, flip: tf.Tensor) -> tf.Tensor:
     """Mirrors left-right the images where ``flip`` (``[B]`` bool) is True."""
-    return tf.where(_bcast(flip), images[:, :, ::-1], images)
+    return _select(flip, tf.reverse(images, [2]), images)
 
 
 def _brightness(x, f):
@@ -291,36 +297,51 @@ def color_jitter(images: tf.Tensor, params: Mapping[str, tf.Tensor]) -> tf.Tenso
 
     ``params`` holds a ``[B]`` factor for each op that runs (only brightness and
     contrast for 1-channel images), optionally ``jitter_order`` ``[B, n_ops]`` (a
-    permutation per example) and ``jitter`` ``[B]`` bool (which examples change).
-    Each op is clipped to [0, 1], as torchvision does. With a random order, stage k
-    runs every op but with the identity factor except for the op each example puts
-    at position k: n_ops^2 cheap elementwise ops, no per-example control flow.
+    permutation per example; without it the order is brightness, contrast,
+    saturation, hue) and ``jitter`` ``[B]`` bool (which examples change). Each op
+    is clipped to [0, 1], as torchvision does.
+
+    With a random order, stage k splits the batch by the op each example puts at
+    position k (``tf.dynamic_partition``), runs each op on its group only and
+    stitches the batch back: every example pays for each op once, and examples
+    left unjittered pay nothing.
     """
     channels = images.shape[-1]
     ops = [n for n in ("brightness", "contrast", "saturation", "hue")
            if n in params and (channels == 3 or n in ("brightness", "contrast"))]
-    x = images
+    if not ops:
+        return images
     order = params.get("jitter_order")
     if order is None:
+        x = images
         for name in ops:
             x = tf.clip_by_value(_JITTER_FNS[name](x, params[name]), 0.0, 1.0)
-    else:
-        for stage in range(len(ops)):
-            for j, name in enumerate(ops):
-                chosen = tf.equal(order[:, stage], j)
-                factor = tf.where(chosen, params[name], _JITTER_IDENTITY[name])
-                x = _JITTER_FNS[name](x, factor)
-            x = tf.clip_by_value(x, 0.0, 1.0)
-    if "jitter" in params:
-        x = tf.where(_bcast(params["jitter"]), x, images)
-    return x
+        if "jitter" in params:
+            x = _select(params["jitter"], x, images)
+        return x
+    n = len(ops)
+    rows = tf.range(tf.shape(images)[0])
+    skip = tf.logical_not(params["jitter"]) if "jitter" in params else None
+    x = images
+    for stage in range(n):
+        group = order[:, stage]
+        if skip is not None:
+            group = tf.where(skip, n, group)  # group n: passes through unchanged
+        row_parts = tf.dynamic_partition(rows, group, n + 1)
+        x_parts = tf.dynamic_partition(x, group, n + 1)
+        out = []
+        for j, name in enumerate(ops):
+            factor = tf.dynamic_partition(params[name], group, n + 1)[j]
+            out.append(tf.clip_by_value(_JITTER_FNS[name](x_parts[j], factor), 0.0, 1.0))
+        x = tf.dynamic_stitch(row_parts, out + [x_parts[n]])
+    return tf.ensure_shape(x, images.shape)
 
 
 def random_grayscale(images: tf.Tensor, gray: tf.Tensor) -> tf.Tensor:
     """Replaces RGB by its luma (kept as 3 channels) where ``gray`` is True."""
     if images.shape[-1] == 1:
         return images
-    return tf.where(_bcast(gray), tf.broadcast_to(_gray(images), tf.shape(images)), images)
+    return _select(gray, tf.broadcast_to(_gray(images), tf.shape(images)), images)
 
 
 def blur_radius(image_size: int) -> int:
@@ -383,7 +404,7 @@ def apply_params(
         x = random_grayscale(x, params["grayscale"])
     if "blur" in params:
         blurred = gaussian_blur(x, params["blur_sigma"], blur_radius(int(x.shape[1])))
-        x = tf.where(_bcast(params["blur"]), blurred, x)
+        x = _select(params["blur"], blurred, x)
     if "solarize" in params:
         x = solarize(x, params["solarize"])
     return tf.clip_by_value(x, 0.0, 1.0)
