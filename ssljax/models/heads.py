@@ -61,6 +61,7 @@ class MLP(nn.Module):
         MLP((2048,), 128)                                   # SimCLR projector
         MLP((4096,), 256)                                   # BYOL projector and predictor
         MLP((2048, 2048), 2048, last_bn=True, last_bn_affine=False)   # Barlow Twins
+        # (the official Barlow Twins code also sets use_bias_hidden=False)
         MLP((2048, 2048), 2048, last_bn=True)               # MetaMask Barlow Twins head
         MLP((2048,), 256, last_bn=True)                     # MetaMask SimCLR head
         MLP((2048, 2048), 64, use_bn=False, use_bias_last=False)      # CorInfoMax CIFAR

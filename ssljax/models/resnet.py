@@ -312,7 +312,7 @@ def resnet(name: str, **kwargs: Any) -> ResNet:
     """Builds a named ResNet backbone; ``kwargs`` set any other ``ResNet`` field.
 
     >>> resnet('resnet50', width=16, stem='imagenet').feature_dim
-    256
+    512
     """
     if name not in RESNET_CONFIGS:
         raise ValueError(f"Unknown ResNet {name!r}; valid names: {sorted(RESNET_CONFIGS)}.")
