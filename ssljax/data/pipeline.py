@@ -66,6 +66,7 @@ def _options() -> tf.data.Options:
     if _TF_THREADS is not None:
         options.threading.private_threadpool_size = _TF_THREADS
         options.threading.max_intra_op_parallelism = 1
+        options.autotune.cpu_budget = _TF_THREADS
     return options
 
 
