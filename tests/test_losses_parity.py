@@ -14,6 +14,14 @@ from test_losses_refs import (barlow_twins_lightly_ref, barlow_twins_ref, byol_r
                               corinfomax_ref, infonce_batch_ref, infonce_moco_ref, mae_loss_ref, mae_patchify_nchw,
                               nt_xent_metamask_ref, nt_xent_ref, numeric_grad, vicreg_ref)
 
+# Numerical checks do not need optimised machine code: compiling without LLVM's
+# expensive passes is ~3x faster on CPU and the tests are compile-bound.
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def fast_jit(fn, **kwargs):
+  return jax.jit(fn, compiler_options=FAST_COMPILE, **kwargs)
+
 RTOL = {np.float64: 1e-5, np.float32: 1e-4}
 
 
@@ -36,7 +44,7 @@ def _check(jax_fn, ref_fn, inputs, dtype, argnums=(0,)):
   with jax.enable_x64(dtype == np.float64):
     args = [jnp.asarray(x, dtype) if isinstance(x, np.ndarray) and x.dtype.kind == "f" else x
             for x in inputs]
-    value, grads = jax.jit(jax.value_and_grad(jax_fn, argnums=argnums))(*args)
+    value, grads = fast_jit(jax.value_and_grad(jax_fn, argnums=argnums))(*args)
     assert value.dtype == (jnp.float64 if dtype == np.float64 else jnp.float32)
   _assert_close(value, expected, rtol, "value")
   for argnum, g in zip(argnums, grads):
@@ -99,7 +107,7 @@ def test_infonce_in_batch(dtype, block_size):
 def test_infonce_key_and_queue_get_no_gradient():
   r = _rng(4)
   q, k, queue = (jnp.asarray(r.normal(size=s), jnp.float32) for s in [(4, 3), (4, 3), (5, 3)])
-  gk, gqueue = jax.jit(jax.grad(lambda b, c: L.infonce(q, b, temperature=0.1, queue=c),
+  gk, gqueue = fast_jit(jax.grad(lambda b, c: L.infonce(q, b, temperature=0.1, queue=c),
                                argnums=(0, 1)))(k, queue)
   assert not np.any(gk) and not np.any(gqueue)
 
@@ -139,7 +147,7 @@ def test_supcon_selfcon_m_star_matches_conloss(block_size):
   labels = np.array([0, 1, 1, 0, 3])
   ref_feats = _rng(7).normal(size=(2 * b, exits, d))  # rows: view 1 batch, then view 2 batch
   ours = np.concatenate([ref_feats[:b], ref_feats[b:]], axis=1)  # [B, (exit, bb) x 2 views, D]
-  value, grad = jax.jit(jax.value_and_grad(lambda f: L.supcon(
+  value, grad = fast_jit(jax.value_and_grad(lambda f: L.supcon(
       f, labels, temperature=0.1, anchors=(0, 2), block_size=block_size)))(jnp.asarray(ours))
   expected = conloss_ref(ref_feats, labels, temperature=0.1, selfcon_m_FG=True)
   _assert_close(value, expected, 1e-4, "value")
@@ -151,7 +159,7 @@ def test_supcon_selfcon_m_star_matches_conloss(block_size):
 def test_supcon_without_any_positive_is_zero_not_nan():
   f = jnp.asarray(_rng(8).normal(size=(4, 1, 3)), jnp.float32)
   for block_size in (2,):
-    value, grad = jax.jit(jax.value_and_grad(
+    value, grad = fast_jit(jax.value_and_grad(
         lambda x: L.supcon(x, jnp.arange(4), temperature=0.1, block_size=block_size)))(f)
     assert value == 0.0 and np.all(grad == 0.0)
 
@@ -184,13 +192,13 @@ def test_vicreg_matches_official(shape, dtype):
 def test_parts_add_up_to_the_loss():
   r = _rng(31)
   z1, z2 = r.normal(size=(8, 4)), r.normal(size=(8, 4))
-  loss, parts = jax.jit(lambda a, b: L.vicreg(a, b, sim_coeff=2.0, std_coeff=3.0, cov_coeff=5.0,
+  loss, parts = fast_jit(lambda a, b: L.vicreg(a, b, sim_coeff=2.0, std_coeff=3.0, cov_coeff=5.0,
                                               return_parts=True))(jnp.asarray(z1), jnp.asarray(z2))
   _, ref_parts = vicreg_ref(z1, z2, parts=True)
   for k in ref_parts:
     _assert_close(parts[k], ref_parts[k], 1e-4, k)
   _assert_close(loss, 2 * parts["invariance"] + 3 * parts["variance"] + 5 * parts["covariance"], 1e-6)
-  loss, parts = jax.jit(lambda a, b: L.barlow_twins(a, b, lambd=0.1, return_parts=True))(
+  loss, parts = fast_jit(lambda a, b: L.barlow_twins(a, b, lambd=0.1, return_parts=True))(
       jnp.asarray(z1), jnp.asarray(z2))
   _assert_close(loss, parts["on_diag"] + 0.1 * parts["off_diag"], 1e-6)
 
@@ -200,7 +208,7 @@ def test_byol_matches_deepmind(shape, dtype):
   r = _rng(40 + sum(shape))
   p, z = r.normal(size=shape), r.normal(size=shape)
   _check(lambda a, b: L.byol(a, b), byol_ref, [p, z], dtype)
-  assert not np.any(jax.jit(jax.grad(L.byol, argnums=1))(jnp.asarray(p), jnp.asarray(z)))
+  assert not np.any(fast_jit(jax.grad(L.byol, argnums=1))(jnp.asarray(p), jnp.asarray(z)))
 
 
 @pytest.mark.parametrize("shape,normalize,dtype", _matrix(
@@ -226,7 +234,7 @@ def test_corinfomax_matches_official(shape, normalize, dtype):
   _check(ours, ref, [z1, z2], dtype, argnums=(0, 1))
   with jax.enable_x64(dtype == np.float64):
     st = L.CorInfoMaxState(*(jnp.asarray(x, dtype) for x in state))
-    _, new_state, parts = jax.jit(lambda a, b, s: L.corinfomax(
+    _, new_state, parts = fast_jit(lambda a, b, s: L.corinfomax(
         a, b, s, normalize=normalize, return_parts=True, **hp))(
             jnp.asarray(z1, dtype), jnp.asarray(z2, dtype), st)
   _, ref_state, ref_parts = corinfomax_ref(z1, z2, state, normalise=normalize, **hp)
@@ -243,7 +251,7 @@ def test_corinfomax_state_is_float64_under_x64_and_constant():
     assert state.R1.dtype == jnp.float64 and state.mu1.dtype == jnp.float64
     z = jnp.asarray(_rng(51).normal(size=(4, 3)), jnp.float32)
     # The new state carries no gradient: differentiating through it gives zero.
-    g = jax.jit(jax.grad(lambda a: jnp.sum(L.corinfomax(a, a[::-1], state, sim_weight=1.0, la_R=0.5,
+    g = fast_jit(jax.grad(lambda a: jnp.sum(L.corinfomax(a, a[::-1], state, sim_weight=1.0, la_R=0.5,
                                                 la_mu=0.5)[1].R1)))(z)
     assert not np.any(g)
   assert L.corinfomax_init(3).R1.dtype == jnp.float32
