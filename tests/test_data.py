@@ -212,7 +212,7 @@ def test_crop_of_output_size_is_a_slice(rgb):
 
 
 def test_crop_box_distribution():
-    crop = _np(A._sample_crop(tf.constant([0, 1]), 2000, 32, 32, (0.08, 1.0), (3 / 4, 4 / 3)))
+    crop = _np(A.sample_crop(tf.constant([0, 1]), 2000, 32, 32, (0.08, 1.0), (3 / 4, 4 / 3)))
     y0, x0, h, w = crop.T
     assert np.all(y0 >= 0) and np.all(x0 >= 0) and np.all(y0 + h <= 32) and np.all(x0 + w <= 32)
     area = h * w / 1024

@@ -27,6 +27,7 @@ __all__ = [
     "sample_params",
     "slice_params",
     "apply_params",
+    "sample_crop",
     "random_resized_crop",
     "random_flip",
     "color_jitter",
@@ -142,11 +143,30 @@ def _gray(x):
 # ----------------------------------------------------------------------------- params
 
 
-def _sample_crop(seed, batch, height, width, scale, ratio, attempts=10):
-    """Per-example crop ``[B, 4]`` as ``(y0, x0, h, w)`` in pixels (torchvision's rule).
+def sample_crop(
+    seed: tf.Tensor,
+    batch: Any,
+    height: Any,
+    width: Any,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    attempts: int = 10,
+) -> tf.Tensor:
+    """Draws random-resized-crop boxes with torchvision's rule.
 
     Tries ``attempts`` (area, log-ratio) draws per example and keeps the first that
     fits; if none fits it falls back to the largest central crop within ``ratio``.
+
+    Args:
+      seed: stateless seed ``[2]``.
+      batch: number of boxes B.
+      height, width: image size in pixels (ints or scalar tensors).
+      scale: range of the crop area as a fraction of the image area.
+      ratio: range of the aspect ratio width / height (sampled log-uniformly).
+      attempts: draws per example before the fallback.
+
+    Returns:
+      float32 ``[B, 4]``: ``(y0, x0, h, w)`` in whole pixels.
     """
     height_f = tf.cast(height, tf.float32)
     width_f = tf.cast(width, tf.float32)
@@ -201,7 +221,7 @@ def sample_params(
     height, width, channels = image_shape
     params = {}
     if crop:
-        params["crop"] = _sample_crop(
+        params["crop"] = sample_crop(
             fold_seed(seed, _CROP), batch_size, height, width, cfg.crop_scale, cfg.crop_ratio)
     if cfg.flip_p > 0:
         params["flip"] = _bernoulli(fold_seed(seed, _FLIP), batch_size, cfg.flip_p)

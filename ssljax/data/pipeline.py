@@ -270,7 +270,7 @@ def make_tfds_stream(
         shape = tf.shape(image)
         views = []
         for v, cfg in enumerate(configs):
-            crop = aug._sample_crop(  # noqa: SLF001 -- one example, dynamic shape
+            crop = aug.sample_crop(  # one example of dynamic shape
                 aug.fold_seed(crop_seed, i, v), 1, shape[1], shape[2], cfg.crop_scale, cfg.crop_ratio)
             views.append(aug.random_resized_crop(image, crop, image_size)[0])
         return tf.stack(views), tf.cast(example["label"], tf.int32)

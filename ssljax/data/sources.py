@@ -249,8 +249,9 @@ def load_arrays(
       name: ``fashion_mnist``, ``cifar10``, ``cifar100`` or ``stl10``.
       split: TFDS-style split, e.g. ``'train'``, ``'test'``, ``'train[:1000]'``.
       data_dir: for ``fashion_mnist`` the folder with the IDX ``.gz`` files (default:
-        ``$SSLJAX_FASHION_MNIST_DIR`` or ``/usr/share/datasets/fashion-mnist``);
-        otherwise the TFDS data directory.
+        ``$SSLJAX_FASHION_MNIST_DIR`` or ``/usr/share/datasets/fashion-mnist``; if
+        the files are not there, TFDS is tried in ``data_dir``); otherwise the TFDS
+        data directory.
 
     Returns:
       ``(images, labels)``: uint8 ``[N, H, W, C]`` and int32 ``[N]``.
@@ -278,8 +279,8 @@ def load_arrays(
         sizes = {s: len(_load_idx_split(directory, s)[1]) for s in names & set(_IDX_FILES)}
         parts = parse_split(split, sizes or {"train": info.num_train, "test": info.num_test})
         return _slice_and_concat(parts, lambda s: _load_idx_split(directory, s))
-    try:
-        return _tfds_load_arrays(name, split, None)
+    try:  # data_dir may also be a TFDS data directory with fashion_mnist prepared
+        return _tfds_load_arrays(name, split, data_dir)
     except (DatasetNotFoundError, ImportError):
         pass
     raise DatasetNotFoundError(
