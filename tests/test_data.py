@@ -112,6 +112,13 @@ def test_missing_fashion_mnist_names_the_fix(tmp_path, monkeypatch):
     assert isinstance(info.value, FileNotFoundError)
 
 
+def test_missing_idx_falls_back_to_tfds(tmp_path, monkeypatch):
+    monkeypatch.setenv(sources.FASHION_MNIST_DIR_ENV, str(tmp_path / "nowhere"))
+    with tfds.testing.mock_data(num_examples=5):
+        x, y = load_arrays("fashion_mnist", "train")
+    assert x.shape == (5, 28, 28, 1) and x.dtype == np.uint8 and y.dtype == np.int32
+
+
 def test_unprepared_tfds_dataset_names_the_fix(tmp_path):
     with pytest.raises(DatasetNotFoundError, match=f"tfds build cifar10 --data_dir={tmp_path}"):
         load_arrays("cifar10", "train", data_dir=str(tmp_path))
