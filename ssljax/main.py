@@ -74,6 +74,10 @@ def main(argv):
     ssljax_logger.addHandler(handler)
     ssljax_logger.setLevel(pylogging.INFO)
     ssljax_logger.propagate = False
+    # Compiled steps are cached on disk, so re-running a command (to resume, or after a
+    # change of workdir) skips most of the XLA compilation.
+    jax.config.update("jax_compilation_cache_dir", os.environ.get(
+        "SSLJAX_XLA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ssljax", "xla")))
     config = _CONFIG.value
     try:
         results = train.train_and_evaluate(config, _WORKDIR.value)

@@ -8,3 +8,7 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
+# Several tests compile the same train step; the on-disk cache compiles each program once.
+jax.config.update("jax_compilation_cache_dir", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

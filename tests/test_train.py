@@ -28,6 +28,10 @@ def tiny_config(**overrides):
     c.data.test_split = "test[:128]"
     c.data.image_size = 16
     c.model.width = 4
+    # Stride-1 stem: stage 4 keeps 2x2 maps. With 1x1 maps BatchNorm normalises over 32
+    # values per channel and the tiny net becomes chaotic: a 1e-7 change of the initial
+    # parameters grows to 1% by step 6, and no device-count comparison can be tight.
+    c.model.stem_stride = 1
     c.projector.hidden_dims = (32,)
     c.projector.out_dim = 16
     c.batch_size = 16
@@ -35,7 +39,10 @@ def tiny_config(**overrides):
     c.log_every = 1
     c.checkpoint_every = 1000
     c.optimizer.warmup_epochs = 0.0
-    c.optimizer.lr = 0.5
+    # SGD, not LARS: LARS scales each layer's step by ||p|| / ||g||, so layers with tiny
+    # gradients take full-size steps along rounding noise, which is chaotic in the same way.
+    c.optimizer.name = "sgd"
+    c.optimizer.lr = 0.05
     c.eval.baselines = False
     c.eval.linear_epochs = 2
     c.eval.knn_k = 5
@@ -85,10 +92,14 @@ def test_run_writes_metrics_results_and_checkpoint(run_8dev):
 
 
 def test_eight_devices_equal_one_device(run_8dev, run_1dev):
-    # The objective, BatchNorm and the optimizer see the same global batch either way.
+    # The objective, BatchNorm and the optimizer see the same global batch either way. A
+    # sharding bug (per-device BN statistics, per-device negatives) changes step 1 by whole
+    # percents. Later steps are compared loosely: in this width-4 net a nearly dead channel
+    # lets BatchNorm magnify float32 summation-order differences (step 6 moves by ~5e-4).
     l8, l1 = read_losses(run_8dev[0]), read_losses(run_1dev[0])
-    np.testing.assert_allclose([l8[s] for s in sorted(l8)], [l1[s] for s in sorted(l1)],
-                               rtol=2e-4)
+    np.testing.assert_allclose([l8[s] for s in (1, 2, 3, 4)], [l1[s] for s in (1, 2, 3, 4)],
+                               rtol=1e-5)
+    np.testing.assert_allclose([l8[s] for s in (5, 6)], [l1[s] for s in (5, 6)], rtol=1e-3)
 
 
 def test_resume_continues_exactly(run_1dev, tmp_path):
