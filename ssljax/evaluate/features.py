@@ -16,8 +16,9 @@ def extract_features(embed: Callable[[jax.Array], jax.Array], images: np.ndarray
                      image_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``embed`` applied to every example once; returns ``(features [N, D], labels [N])``.
 
-    ``images``/``labels`` are this process's examples; the returned arrays hold every
-    process's examples (the features are replicated across hosts by the compiled function).
+    Every process passes the whole ``images``/``labels`` arrays; each feeds its own share of
+    every batch (``make_eval_batches``), and the compiled function replicates the features,
+    so every process returns all examples.
     """
     batch_sharding = sharding.batch_sharding(mesh)
     # Labels and the padding mask travel with the features, so every host gets all three.
