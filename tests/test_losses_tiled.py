@@ -58,7 +58,7 @@ def test_tiled_logsumexp_matches_dense_value_and_vjp():
       np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dtype", [np.float32, pytest.param(np.float64, marks=pytest.mark.slow)])
 def test_contrastive_tiled_equals_dense(dtype):
   """nt_xent, infonce (queue and in-batch) and supcon: value and gradient to 1e-5,
   with a traced (learnt) temperature whose gradient must agree too."""
