@@ -5,12 +5,12 @@ float64 for float64 inputs) and returns float32 scalars. Under `jax.jit` with th
 batch sharded over a mesh axis, negatives, covariances and standardisation span all
 devices by construction: the compiler inserts the collectives.
 
-  contrastive    nt_xent (SimCLR), infonce (MoCo), supcon (SupCon, SelfCon)
-  redundancy     barlow_twins, vicreg
-  information    corinfomax_init, corinfomax, CorInfoMaxState, psd_logdet
-  regression     byol
-  reconstruction masked_reconstruction, patchify, unpatchify (MRCL)
-  tiled          tiled_logsumexp: the memory-efficient core of the contrastive losses
+    contrastive    nt_xent (SimCLR), infonce (MoCo), supcon (SupCon, SelfCon)
+    redundancy     barlow_twins, vicreg
+    information    corinfomax_init, corinfomax, CorInfoMaxState, psd_logdet
+    regression     byol
+    reconstruction masked_reconstruction, patchify, unpatchify (MRCL)
+    tiled          tiled_logsumexp: the memory-efficient core of the contrastive losses
 """
 from ssljax.losses.contrastive import infonce, nt_xent, supcon
 from ssljax.losses.information import CorInfoMaxState, corinfomax, corinfomax_init, psd_logdet

@@ -19,25 +19,25 @@ __all__ = ["nt_xent", "infonce", "supcon"]
 
 
 def _check_temperature(temperature) -> None:
-  if isinstance(temperature, (int, float)) and temperature <= 0:
-    raise ValueError(f"temperature must be positive; got {temperature}.")
+    if isinstance(temperature, (int, float)) and temperature <= 0:
+        raise ValueError(f"temperature must be positive; got {temperature}.")
 
 
 def _check_pair(a: jax.Array, b: jax.Array, name: str) -> None:
-  if a.ndim != 2 or a.shape != b.shape:
-    raise ValueError(
-        f"{name} needs two [N, D] arrays of the same shape; got {a.shape} and {b.shape}.")
+    if a.ndim != 2 or a.shape != b.shape:
+        raise ValueError(
+            f"{name} needs two [N, D] arrays of the same shape; got {a.shape} and {b.shape}.")
 
 
 def _logsumexp(rows, cols, self_index, block_size):
-  """Row-wise log-sum-exp of `rows @ cols.T`, column `self_index[i]` left out of row i."""
-  if block_size is not None:
-    return tiled_logsumexp(rows, cols, self_index=self_index, block_size=block_size)
-  logits = rows @ cols.T
-  if self_index is not None:
-    col = jnp.arange(cols.shape[0])
-    logits = jnp.where(col[None, :] == self_index[:, None], -jnp.inf, logits)
-  return jax.nn.logsumexp(logits, axis=1)
+    """Row-wise log-sum-exp of `rows @ cols.T`, column `self_index[i]` left out of row i."""
+    if block_size is not None:
+        return tiled_logsumexp(rows, cols, self_index=self_index, block_size=block_size)
+    logits = rows @ cols.T
+    if self_index is not None:
+        col = jnp.arange(cols.shape[0])
+        logits = jnp.where(col[None, :] == self_index[:, None], -jnp.inf, logits)
+    return jax.nn.logsumexp(logits, axis=1)
 
 
 def nt_xent(
@@ -47,53 +47,53 @@ def nt_xent(
     temperature: float | jax.Array,
     block_size: int | None = None,
 ) -> jax.Array:
-  """NT-Xent, the normalised-temperature cross-entropy of SimCLR.
+    """NT-Xent, the normalised-temperature cross-entropy of SimCLR.
 
-  Each of the 2N L2-normalised embeddings is an anchor whose positive is the other
-  view of the same example and whose 2N - 2 negatives are all other embeddings
-  (itself excluded); logits are cosine similarities divided by the temperature; the
-  loss is the cross-entropy averaged over the 2N anchors.
+    Each of the 2N L2-normalised embeddings is an anchor whose positive is the other
+    view of the same example and whose 2N - 2 negatives are all other embeddings
+    (itself excluded); logits are cosine similarities divided by the temperature; the
+    loss is the cross-entropy averaged over the 2N anchors.
 
-  Args:
-    z1: `[N, D]` projections of the first views (raw; normalised here).
-    z2: `[N, D]` projections of the second views, row i paired with `z1[i]`.
-    temperature: softmax temperature (SimCLR 0.5 / 0.1 / 0.2; MetaMask 0.07). May be
-      a traced scalar, e.g. a learnt temperature.
-    block_size: if set, compute blockwise over `block_size` columns at a time with a
-      custom VJP, never materialising the 2N x 2N similarity matrix; the value and
-      gradient equal the dense path.
+    Args:
+        z1: `[N, D]` projections of the first views (raw; normalised here).
+        z2: `[N, D]` projections of the second views, row i paired with `z1[i]`.
+        temperature: softmax temperature (SimCLR 0.5 / 0.1 / 0.2; MetaMask 0.07). May be
+            a traced scalar, e.g. a learnt temperature.
+        block_size: if set, compute blockwise over `block_size` columns at a time with a
+            custom VJP, never materialising the 2N x 2N similarity matrix; the value and
+            gradient equal the dense path.
 
-  Returns:
-    Scalar float32 loss (float64 for float64 inputs).
+    Returns:
+        Scalar float32 loss (float64 for float64 inputs).
 
-  References:
-    Chen et al., "A Simple Framework for Contrastive Learning of Visual
-    Representations", ICML 2020; lightly `lightly/loss/ntx_ent_loss.py`;
-    MetaMask `meta-mask.py` (`contrastive_loss`).
+    References:
+        Chen et al., "A Simple Framework for Contrastive Learning of Visual
+        Representations", ICML 2020; lightly `lightly/loss/ntx_ent_loss.py`;
+        MetaMask `meta-mask.py` (`contrastive_loss`).
 
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from ssljax.losses import nt_xent
-    >>> z1 = jnp.array([[1.0, 0.0], [0.0, 1.0]])
-    >>> z2 = jnp.array([[2.0, 0.1], [0.1, 3.0]])
-    >>> print(f"{nt_xent(z1, z2, temperature=0.5):.4f}")
-    0.2586
-    >>> print(f"{nt_xent(z1, z2, temperature=0.5, block_size=2):.4f}")
-    0.2586
-  """
-  _check_pair(z1, z2, "nt_xent")
-  _check_temperature(temperature)
-  dtype = compute_dtype(z1, z2)
-  n, dim = z1.shape
-  z1 = l2_normalize(z1.astype(dtype))
-  z2 = l2_normalize(z2.astype(dtype))
-  # Interleaved (z1[0], z2[0], z1[1], ...) rather than concatenated: a device that
-  # holds rows i of z1 and z2 then holds rows 2i, 2i+1 of z, so sharding survives.
-  z = jnp.stack([z1, z2], axis=1).reshape(2 * n, dim)
-  positive = jnp.sum(z1 * z2, axis=-1) / temperature
-  lse = _logsumexp(z / temperature, z, jnp.arange(2 * n), block_size)
-  # Both anchors of a pair share the same positive logit, so mean over N = mean over 2N.
-  return jnp.mean(lse) - jnp.mean(positive)
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from ssljax.losses import nt_xent
+        >>> z1 = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+        >>> z2 = jnp.array([[2.0, 0.1], [0.1, 3.0]])
+        >>> print(f"{nt_xent(z1, z2, temperature=0.5):.4f}")
+        0.2586
+        >>> print(f"{nt_xent(z1, z2, temperature=0.5, block_size=2):.4f}")
+        0.2586
+    """
+    _check_pair(z1, z2, "nt_xent")
+    _check_temperature(temperature)
+    dtype = compute_dtype(z1, z2)
+    n, dim = z1.shape
+    z1 = l2_normalize(z1.astype(dtype))
+    z2 = l2_normalize(z2.astype(dtype))
+    # Interleaved (z1[0], z2[0], z1[1], ...) rather than concatenated: a device that
+    # holds rows i of z1 and z2 then holds rows 2i, 2i+1 of z, so sharding survives.
+    z = jnp.stack([z1, z2], axis=1).reshape(2 * n, dim)
+    positive = jnp.sum(z1 * z2, axis=-1) / temperature
+    lse = _logsumexp(z / temperature, z, jnp.arange(2 * n), block_size)
+    # Both anchors of a pair share the same positive logit, so mean over N = mean over 2N.
+    return jnp.mean(lse) - jnp.mean(positive)
 
 
 def infonce(
@@ -105,91 +105,92 @@ def infonce(
     block_size: int | None = None,
     stop_gradient_key: bool = True,
 ) -> jax.Array:
-  """InfoNCE in the MoCo form: the positive is the paired key, at logit index 0.
+    """InfoNCE in the MoCo form: the positive is the paired key, at logit index 0.
 
-  With a queue (MoCo v2), the logits of query i are `[q_i.k_i, q_i @ queue.T] / T`
-  and the negatives are exactly the queue (pass the queue *before* this step's keys
-  are enqueued). Without a queue, the negatives are the other keys of the (global)
-  batch: logits `q @ k.T / T`, target the diagonal.
+    With a queue (MoCo v2), the logits of query i are `[q_i.k_i, q_i @ queue.T] / T`
+    and the negatives are exactly the queue (pass the queue *before* this step's keys
+    are enqueued). Without a queue, the negatives are the other keys of the (global)
+    batch: logits `q @ k.T / T`, target the diagonal.
 
-  Args:
-    query: `[N, D]` queries (raw; normalised here).
-    key: `[N, D]` keys, row i the positive of `query[i]` (raw; normalised here).
-    temperature: softmax temperature (MoCo v2 0.2, InfoMin 0.15).
-    queue: optional `[K, D]` negatives, never differentiated.
-    block_size: if set, compute blockwise over the negatives with a custom VJP, never
-      materialising the N x K (or N x N) logits; same value and gradient.
-    stop_gradient_key: MoCo's key comes from the momentum encoder and carries no
-      gradient (default). Set False for a two-sided InfoNCE in which the key encoder
-      is trained too (e.g. InfoMin's view learning).
+    Args:
+        query: `[N, D]` queries (raw; normalised here).
+        key: `[N, D]` keys, row i the positive of `query[i]` (raw; normalised here).
+        temperature: softmax temperature (MoCo v2 0.2, InfoMin 0.15).
+        queue: optional `[K, D]` negatives, never differentiated.
+        block_size: if set, compute blockwise over the negatives with a custom VJP, never
+            materialising the N x K (or N x N) logits; same value and gradient.
+        stop_gradient_key: MoCo's key comes from the momentum encoder and carries no
+            gradient (default). Set False for a two-sided InfoNCE in which the key encoder
+            is trained too (e.g. InfoMin's view learning).
 
-  Returns:
-    Scalar float32 loss (float64 for float64 inputs): mean cross-entropy.
+    Returns:
+        Scalar float32 loss (float64 for float64 inputs): mean cross-entropy.
 
-  References:
-    He et al., "Momentum Contrast for Unsupervised Visual Representation Learning",
-    CVPR 2020; Tian et al., "What Makes for Good Views for Contrastive Learning?",
-    NeurIPS 2020; HobbitLong/PyContrast `pycontrast/memory/mem_moco.py`.
+    References:
+        He et al., "Momentum Contrast for Unsupervised Visual Representation Learning",
+        CVPR 2020; Tian et al., "What Makes for Good Views for Contrastive Learning?",
+        NeurIPS 2020; HobbitLong/PyContrast `pycontrast/memory/mem_moco.py`.
 
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from ssljax.losses import infonce
-    >>> q = jnp.array([[1.0, 0.0], [0.0, 1.0]])
-    >>> queue = jnp.array([[1.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
-    >>> print(f"{infonce(q, q, temperature=0.2, queue=queue):.4f}")
-    0.2135
-    >>> print(f"{infonce(q, q, temperature=0.2):.4f}")
-    0.0067
-  """
-  _check_pair(query, key, "infonce")
-  _check_temperature(temperature)
-  dtype = compute_dtype(query, key, *(() if queue is None else (queue,)))
-  q = l2_normalize(query.astype(dtype))
-  k = l2_normalize(key.astype(dtype))
-  if stop_gradient_key:
-    k = jax.lax.stop_gradient(k)
-  positive = jnp.sum(q * k, axis=-1) / temperature
-  if queue is None:
-    lse = _logsumexp(q / temperature, k, None, block_size)
-  else:
-    if queue.ndim != 2 or queue.shape[1] != q.shape[1]:
-      raise ValueError(f"infonce needs queue [K, {q.shape[1]}]; got {queue.shape}.")
-    negatives = jax.lax.stop_gradient(l2_normalize(queue.astype(dtype)))
-    lse = jnp.logaddexp(positive, _logsumexp(q / temperature, negatives, None, block_size))
-  return jnp.mean(lse - positive)
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from ssljax.losses import infonce
+        >>> q = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+        >>> queue = jnp.array([[1.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+        >>> print(f"{infonce(q, q, temperature=0.2, queue=queue):.4f}")
+        0.2135
+        >>> print(f"{infonce(q, q, temperature=0.2):.4f}")
+        0.0067
+    """
+    _check_pair(query, key, "infonce")
+    _check_temperature(temperature)
+    dtype = compute_dtype(query, key, *(() if queue is None else (queue,)))
+    q = l2_normalize(query.astype(dtype))
+    k = l2_normalize(key.astype(dtype))
+    if stop_gradient_key:
+        k = jax.lax.stop_gradient(k)
+    positive = jnp.sum(q * k, axis=-1) / temperature
+    if queue is None:
+        lse = _logsumexp(q / temperature, k, None, block_size)
+    else:
+        if queue.ndim != 2 or queue.shape[1] != q.shape[1]:
+            raise ValueError(f"infonce needs queue [K, {q.shape[1]}]; got {queue.shape}.")
+        negatives = jax.lax.stop_gradient(l2_normalize(queue.astype(dtype)))
+        lse = jnp.logaddexp(positive, _logsumexp(q / temperature, negatives, None, block_size))
+    return jnp.mean(lse - positive)
 
 
 def _anchor_views(anchors: str | Sequence[int], num_views: int) -> tuple[int, ...]:
-  if isinstance(anchors, str):
-    if anchors == "all":
-      return tuple(range(num_views))
-    if anchors == "one":
-      return (0,)
-    raise ValueError(f"anchors must be 'all', 'one' or a sequence of view indices; got {anchors!r}.")
-  views = tuple(int(v) % num_views if -num_views <= int(v) < num_views else -1 for v in anchors)
-  if not views or min(views) < 0 or len(set(views)) != len(views):
-    raise ValueError(
-        f"anchors must list distinct view indices in [0, {num_views}); got {tuple(anchors)}.")
-  return views
+    if isinstance(anchors, str):
+        if anchors == "all":
+            return tuple(range(num_views))
+        if anchors == "one":
+            return (0,)
+        raise ValueError(
+            f"anchors must be 'all', 'one' or a sequence of view indices; got {anchors!r}.")
+    views = tuple(int(v) % num_views if -num_views <= int(v) < num_views else -1 for v in anchors)
+    if not views or min(views) < 0 or len(set(views)) != len(views):
+        raise ValueError(
+            f"anchors must list distinct view indices in [0, {num_views}); got {tuple(anchors)}.")
+    return views
 
 
 def _positive_sums(contrast, ids, anchor_cols):
-  """For each anchor: sum of its positives' embeddings and their count, in O(M D).
+    """For each anchor: sum of its positives' embeddings and their count, in O(M D).
 
-  Sorting the ids turns "same id" into contiguous segments, so the per-id sums are a
-  `segment_sum` and no anchor x contrast mask is needed (the tiled path's point).
-  """
-  m = ids.shape[0]
-  order = jnp.argsort(ids)
-  sorted_ids = ids[order]
-  new_segment = jnp.concatenate([jnp.zeros((1,), jnp.int32),
-                                 (sorted_ids[1:] != sorted_ids[:-1]).astype(jnp.int32)])
-  segment = jnp.zeros((m,), jnp.int32).at[order].set(jnp.cumsum(new_segment))
-  sums = jax.ops.segment_sum(contrast, segment, num_segments=m)
-  counts = jax.ops.segment_sum(jnp.ones((m,), contrast.dtype), segment, num_segments=m)
-  anchor_segment = segment[anchor_cols]
-  # Self is never its own positive.
-  return sums[anchor_segment] - contrast[anchor_cols], counts[anchor_segment] - 1
+    Sorting the ids turns "same id" into contiguous segments, so the per-id sums are a
+    `segment_sum` and no anchor x contrast mask is needed (the tiled path's point).
+    """
+    m = ids.shape[0]
+    order = jnp.argsort(ids)
+    sorted_ids = ids[order]
+    new_segment = jnp.concatenate([jnp.zeros((1,), jnp.int32),
+                                   (sorted_ids[1:] != sorted_ids[:-1]).astype(jnp.int32)])
+    segment = jnp.zeros((m,), jnp.int32).at[order].set(jnp.cumsum(new_segment))
+    sums = jax.ops.segment_sum(contrast, segment, num_segments=m)
+    counts = jax.ops.segment_sum(jnp.ones((m,), contrast.dtype), segment, num_segments=m)
+    anchor_segment = segment[anchor_cols]
+    # Self is never its own positive.
+    return sums[anchor_segment] - contrast[anchor_cols], counts[anchor_segment] - 1
 
 
 def supcon(
@@ -201,86 +202,86 @@ def supcon(
     anchors: str | Sequence[int] = "all",
     block_size: int | None = None,
 ) -> jax.Array:
-  """Supervised (or self-supervised) contrastive loss of SupCon and SelfCon.
+    """Supervised (or self-supervised) contrastive loss of SupCon and SelfCon.
 
-  The B * V L2-normalised embeddings form the contrast set. For each anchor, the
-  positives are the other embeddings with the same label (the other views of the same
-  image when `labels` is None), self excluded; the denominator runs over every
-  embedding but the anchor itself. Per anchor,
-  `loss = -(T / base_T) * mean_{p in P(a)} log_softmax(a . z / T)_p`,
-  averaged over the anchors that have at least one positive (anchors without any
-  positive, as in single-view SupCon-S, are dropped; with none left the loss is 0).
+    The B * V L2-normalised embeddings form the contrast set. For each anchor, the
+    positives are the other embeddings with the same label (the other views of the same
+    image when `labels` is None), self excluded; the denominator runs over every
+    embedding but the anchor itself. Per anchor,
+    `loss = -(T / base_T) * mean_{p in P(a)} log_softmax(a . z / T)_p`,
+    averaged over the anchors that have at least one positive (anchors without any
+    positive, as in single-view SupCon-S, are dropped; with none left the loss is 0).
 
-  Variants, by how `features` is stacked and which views anchor:
-    * SupCon: `[B, 2, D]` two augmented views, `anchors='all'`.
-    * SupCon-S: `[B, 1, D]` with labels; anchors with no same-label partner dropped.
-    * SelfCon-S: `[B, 2, D]` = `[sub-network exit, backbone]` of one view, labels.
-    * SelfCon-M: `[B, 4, D]` = 2 exits x 2 views; the -U variants pass `labels=None`.
-    * Starred variants (SelfCon-S*/-M*): `anchors=` the sub-network entries only,
-      e.g. `anchors=(0,)` or `(0, 2)`; the contrast set is still all B * V.
-    * `anchors='one'`: SupCon's `contrast_mode='one'` (view 0 anchors).
+    Variants, by how `features` is stacked and which views anchor:
+        * SupCon: `[B, 2, D]` two augmented views, `anchors='all'`.
+        * SupCon-S: `[B, 1, D]` with labels; anchors with no same-label partner dropped.
+        * SelfCon-S: `[B, 2, D]` = `[sub-network exit, backbone]` of one view, labels.
+        * SelfCon-M: `[B, 4, D]` = 2 exits x 2 views; the -U variants pass `labels=None`.
+        * Starred variants (SelfCon-S*/-M*): `anchors=` the sub-network entries only,
+            e.g. `anchors=(0,)` or `(0, 2)`; the contrast set is still all B * V.
+        * `anchors='one'`: SupCon's `contrast_mode='one'` (view 0 anchors).
 
-  Args:
-    features: `[B, V, D]` embeddings (raw; normalised here).
-    labels: optional `[B]` integer class labels.
-    temperature: softmax temperature (SelfCon/SupCon CIFAR: 0.1).
-    base_temperature: the loss is scaled by `temperature / base_temperature`.
-    anchors: 'all', 'one', or a sequence of view indices in `[0, V)`.
-    block_size: if set, compute the denominators blockwise with a custom VJP (the
-      (B*V) x (B*V) logits are never materialised); same value and gradient.
+    Args:
+        features: `[B, V, D]` embeddings (raw; normalised here).
+        labels: optional `[B]` integer class labels.
+        temperature: softmax temperature (SelfCon/SupCon CIFAR: 0.1).
+        base_temperature: the loss is scaled by `temperature / base_temperature`.
+        anchors: 'all', 'one', or a sequence of view indices in `[0, V)`.
+        block_size: if set, compute the denominators blockwise with a custom VJP (the
+            (B*V) x (B*V) logits are never materialised); same value and gradient.
 
-  Returns:
-    Scalar float32 loss (float64 for float64 inputs).
+    Returns:
+        Scalar float32 loss (float64 for float64 inputs).
 
-  References:
-    Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020;
-    Bae et al., "Self-Contrastive Learning: Single-viewed Supervised Contrastive
-    Framework using Sub-network", AAAI 2023;
-    raymin0223/self-contrastive-learning `losses/losses.py` (`ConLoss`).
+    References:
+        Khosla et al., "Supervised Contrastive Learning", NeurIPS 2020;
+        Bae et al., "Self-Contrastive Learning: Single-viewed Supervised Contrastive
+        Framework using Sub-network", AAAI 2023;
+        raymin0223/self-contrastive-learning `losses/losses.py` (`ConLoss`).
 
-  Example:
-    >>> import jax.numpy as jnp
-    >>> from ssljax.losses import supcon
-    >>> f = jnp.array([[[1.0, 0.0], [0.9, 0.1]], [[0.0, 1.0], [0.2, 1.0]]])
-    >>> print(f"{supcon(f, temperature=0.1):.4f}")
-    0.0012
-    >>> print(f"{supcon(f, jnp.array([3, 3]), temperature=0.1):.4f}")
-    7.9516
-  """
-  if features.ndim != 3:
-    raise ValueError(f"supcon needs features [B, V, D]; got shape {features.shape}.")
-  _check_temperature(temperature)
-  b, v, dim = features.shape
-  if labels is None:
-    ids = jnp.arange(b, dtype=jnp.int32)
-  else:
-    labels = jnp.asarray(labels)
-    if labels.shape != (b,):
-      raise ValueError(f"supcon needs labels of shape ({b},); got {labels.shape}.")
-    ids = labels
-  views = _anchor_views(anchors, v)
-  dtype = compute_dtype(features)
-  if b * v == 1:  # A lone embedding has neither positives nor negatives.
-    return jnp.zeros((), dtype)
-  feats = l2_normalize(features.astype(dtype))
-  # Batch-major order (row b * V + v) keeps each device's examples on that device.
-  contrast = feats.reshape(b * v, dim)
-  contrast_ids = jnp.repeat(ids, v)
-  anchor_cols = (jnp.arange(b)[:, None] * v + jnp.asarray(views)[None, :]).reshape(-1)
-  anchor = contrast[anchor_cols]
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from ssljax.losses import supcon
+        >>> f = jnp.array([[[1.0, 0.0], [0.9, 0.1]], [[0.0, 1.0], [0.2, 1.0]]])
+        >>> print(f"{supcon(f, temperature=0.1):.4f}")
+        0.0012
+        >>> print(f"{supcon(f, jnp.array([3, 3]), temperature=0.1):.4f}")
+        7.9516
+    """
+    if features.ndim != 3:
+        raise ValueError(f"supcon needs features [B, V, D]; got shape {features.shape}.")
+    _check_temperature(temperature)
+    b, v, dim = features.shape
+    if labels is None:
+        ids = jnp.arange(b, dtype=jnp.int32)
+    else:
+        labels = jnp.asarray(labels)
+        if labels.shape != (b,):
+            raise ValueError(f"supcon needs labels of shape ({b},); got {labels.shape}.")
+        ids = labels
+    views = _anchor_views(anchors, v)
+    dtype = compute_dtype(features)
+    if b * v == 1:  # A lone embedding has neither positives nor negatives.
+        return jnp.zeros((), dtype)
+    feats = l2_normalize(features.astype(dtype))
+    # Batch-major order (row b * V + v) keeps each device's examples on that device.
+    contrast = feats.reshape(b * v, dim)
+    contrast_ids = jnp.repeat(ids, v)
+    anchor_cols = (jnp.arange(b)[:, None] * v + jnp.asarray(views)[None, :]).reshape(-1)
+    anchor = contrast[anchor_cols]
 
-  lse = _logsumexp(anchor / temperature, contrast, anchor_cols, block_size)
-  if block_size is None:
-    positive = ((ids[anchor_cols // v][:, None] == contrast_ids[None, :])
-                & (jnp.arange(b * v)[None, :] != anchor_cols[:, None]))
-    logits = anchor @ contrast.T / temperature
-    pos_logit_sum = jnp.sum(jnp.where(positive, logits, 0.0), axis=1)
-    num_pos = jnp.sum(positive, axis=1).astype(dtype)
-  else:
-    pos_sum, num_pos = _positive_sums(contrast, contrast_ids, anchor_cols)
-    pos_logit_sum = jnp.sum(anchor * pos_sum, axis=-1) / temperature
-  has_pos = num_pos > 0
-  mean_log_prob_pos = pos_logit_sum / jnp.where(has_pos, num_pos, 1.0) - lse
-  per_anchor = -(temperature / base_temperature) * mean_log_prob_pos
-  num_valid = jnp.sum(has_pos)
-  return jnp.sum(jnp.where(has_pos, per_anchor, 0.0)) / jnp.maximum(num_valid, 1).astype(dtype)
+    lse = _logsumexp(anchor / temperature, contrast, anchor_cols, block_size)
+    if block_size is None:
+        positive = ((ids[anchor_cols // v][:, None] == contrast_ids[None, :])
+                    & (jnp.arange(b * v)[None, :] != anchor_cols[:, None]))
+        logits = anchor @ contrast.T / temperature
+        pos_logit_sum = jnp.sum(jnp.where(positive, logits, 0.0), axis=1)
+        num_pos = jnp.sum(positive, axis=1).astype(dtype)
+    else:
+        pos_sum, num_pos = _positive_sums(contrast, contrast_ids, anchor_cols)
+        pos_logit_sum = jnp.sum(anchor * pos_sum, axis=-1) / temperature
+    has_pos = num_pos > 0
+    mean_log_prob_pos = pos_logit_sum / jnp.where(has_pos, num_pos, 1.0) - lse
+    per_anchor = -(temperature / base_temperature) * mean_log_prob_pos
+    num_valid = jnp.sum(has_pos)
+    return jnp.sum(jnp.where(has_pos, per_anchor, 0.0)) / jnp.maximum(num_valid, 1).astype(dtype)
