@@ -148,3 +148,13 @@ def test_no_hard_coded_large_negative_masks():
     """Masks use -inf / where: a -1e9 (or 1e9) constant overflows in low precision."""
     source = "".join(p.read_text() for p in pathlib.Path(L.__file__).parent.glob("*.py"))
     assert not re.search(r"1e\+?9|1e\+?10|1\.0e9|-1e4\b", source)
+
+
+def test_psd_logdet_under_vmap_is_nan_free():
+    """vmap turns lax.cond into select: both branches run, neither may produce NaN."""
+    a = _rng(4).normal(size=(5, 5))
+    batch = jnp.asarray(np.stack([a @ a.T + np.eye(5), np.outer(a[0], a[0])]), jnp.float32)
+    values, grads = fast_jit(jax.vmap(jax.value_and_grad(L.psd_logdet)))(batch)
+    assert np.all(np.isfinite(values)) and np.all(np.isfinite(grads))
+    np.testing.assert_allclose(values[0], np.linalg.slogdet(np.asarray(batch[0], np.float64))[1],
+                               rtol=1e-5)

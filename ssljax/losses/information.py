@@ -88,8 +88,9 @@ def psd_logdet(a: jax.Array) -> jax.Array:
     factorisation fails (a covariance that is singular at this precision), falls back
     to the sum of the log eigenvalues clamped at the numerical-rank tolerance
     `D * eps * max|w|`, whose gradient is the pseudo-inverse on the kept eigenspace.
-    Only the chosen branch runs and is differentiated (`lax.cond`), so a failed
-    factorisation never leaks NaN into the gradient.
+    Only the chosen branch runs and is differentiated (`lax.cond`; under `vmap` both
+    run, and the Cholesky branch then factors the identity), so a failed
+    factorisation never leaks NaN into the value or the gradient.
 
     Args:
         a: `[D, D]` symmetric matrix.
@@ -109,7 +110,13 @@ def psd_logdet(a: jax.Array) -> jax.Array:
     a = (a + a.T) / 2
     diag = jnp.diagonal(jnp.linalg.cholesky(jax.lax.stop_gradient(a)))
     ok = jnp.all(jnp.isfinite(diag) & (diag > 0))
-    return jax.lax.cond(ok, _cholesky_logdet, _clamped_eig_logdet, a)
+
+    def cholesky_branch(a):
+        # Under vmap, cond becomes select and both branches run (and are differentiated):
+        # factor the identity where the factorisation failed, so this branch is NaN-free.
+        return _cholesky_logdet(jnp.where(ok, a, jnp.eye(a.shape[0], dtype=a.dtype)))
+
+    return jax.lax.cond(ok, cholesky_branch, _clamped_eig_logdet, a)
 
 
 def corinfomax(
