@@ -29,7 +29,8 @@ run: install
 	$(PY) -m ssljax.main --config=configs/simclr.py:fashion_mnist --workdir=$(WORKDIR)
 
 test: install
-	$(PY) -m pytest -n 2 --dist loadfile -q
+	$(PY) -m pytest -n 2 --dist loadfile -q tests
+	$(PY) -m pytest -q --doctest-modules ssljax/losses ssljax/evaluate
 
 test-slow: install
 	$(PY) -m pytest -m slow -q

@@ -149,13 +149,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     # ---- Data ----------------------------------------------------------------------------
     info = data.dataset_info(config.data.name)
-    train_images, train_labels = data.load_arrays(config.data.name,
-                                                  config.data.train_split or info.train_split,
-                                                  data_dir=config.data.data_dir)
-    steps_per_epoch = len(train_images) // config.batch_size
+    # Pre-training may use more data than the labelled split (STL-10's unlabelled images);
+    # a ``data.train_split`` override applies to both.
+    pretrain_split = config.data.train_split or info.pretrain_split
+    if info.in_memory:
+        pretrain_images, pretrain_labels = data.load_arrays(config.data.name, pretrain_split,
+                                                            data_dir=config.data.data_dir)
+        num_pretrain = len(pretrain_images)
+    else:
+        num_pretrain = info.num_pretrain
+    steps_per_epoch = num_pretrain // config.batch_size
     if steps_per_epoch == 0:
-        raise ConfigError(f"batch_size={config.batch_size} exceeds the {len(train_images)} training "
-                         "examples; lower --config.batch_size.")
+        raise ConfigError(f"batch_size={config.batch_size} exceeds the {num_pretrain} training "
+                          "examples; lower --config.batch_size.")
     total_steps = (config.total_steps if config.total_steps > 0
                    else int(math.ceil(config.num_epochs * steps_per_epoch)))
 
@@ -165,12 +171,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        steps_per_epoch=steps_per_epoch)
 
     def make_dataset(start_step: int):
-        return data.make_pretrain_dataset(
-            train_images, train_labels, global_batch_size=config.batch_size,
-            num_views=config.data.num_views, augment=augment_configs(config.data),
-            seed=config.seed, image_size=config.data.image_size, mean=info.mean, std=info.std,
-            start_step=start_step, process_index=jax.process_index(),
-            process_count=jax.process_count())
+        common = dict(global_batch_size=config.batch_size, num_views=config.data.num_views,
+                      augment=augment_configs(config.data), seed=config.seed,
+                      image_size=config.data.image_size, mean=info.mean, std=info.std,
+                      start_step=start_step, process_index=jax.process_index(),
+                      process_count=jax.process_count())
+        if info.in_memory:
+            return data.make_pretrain_dataset(pretrain_images, pretrain_labels, **common)
+        return data.make_tfds_stream(config.data.name, pretrain_split,
+                                     data_dir=config.data.data_dir, **common)
 
     # ---- Sharded init and restore --------------------------------------------------------
     example = data.to_global(next(iter(make_dataset(0).take(1).as_numpy_iterator())),
@@ -216,6 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 f"The loss became {metrics['loss']} at step {step}; {where}. Lower "
                 "--config.optimizer.lr (or raise the warm-up) and run the same command again.")
 
+    metrics = None
     train_start = time.time()
     if start_step < last_step:
         batches = data.global_iterator(make_dataset(start_step), batch_sharding)
@@ -268,7 +278,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     # ---- Evaluation ----------------------------------------------------------------------
     eval_start = time.time()
-    results = evaluate_encoder(config, method, ts, mesh, info, train_images, train_labels)
+    if info.in_memory:
+        results = evaluate_encoder(config, method, ts, mesh, info)
+    else:
+        logger.warning("Offline kNN and linear probes need an in-memory dataset; %s is streamed, "
+                       "so results.json holds the online probe only.", config.data.name)
+        results = ({"online_probe_top1": round(100 * float(metrics["probe_top1"]), 2)}
+                   if metrics is not None else {})
     results.update(method=config.method, steps=total_steps, train_time_s=round(train_time, 1),
                    eval_time_s=round(time.time() - eval_start, 1))
     if is_main:
@@ -280,9 +296,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     return results
 
 
-def evaluate_encoder(config, method, ts, mesh, info, train_images, train_labels) -> dict:
+def evaluate_encoder(config, method, ts, mesh, info) -> dict:
     """kNN and linear-probe top-1 (%) of the trained encoder, a random one and raw pixels."""
     ec = config.eval
+    train_images, train_labels = data.load_arrays(config.data.name,
+                                                  config.data.train_split or info.train_split,
+                                                  data_dir=config.data.data_dir)
     test_images, test_labels = data.load_arrays(config.data.name,
                                                 config.data.test_split or info.test_split,
                                                 data_dir=config.data.data_dir)

@@ -112,8 +112,12 @@ class Method:
         """Cross-entropy and accuracy of the online linear probe on stop-gradient features."""
         logits = self.probe.apply({"params": probe_params}, jax.lax.stop_gradient(features),
                                   train=False)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-        acc = jnp.mean(jnp.argmax(logits, -1) == labels)
+        # Unlabelled examples (label -1, e.g. STL-10's unlabelled split) do not train the probe.
+        labelled = labels >= 0
+        count = jnp.maximum(labelled.sum(), 1)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.maximum(labels, 0))
+        ce = jnp.sum(jnp.where(labelled, ce, 0.0)) / count
+        acc = jnp.sum(labelled & (jnp.argmax(logits, -1) == labels)) / count
         return ce, acc
 
     def train_step(self, ts: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
