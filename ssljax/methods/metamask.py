@@ -1,0 +1,287 @@
+"""MetaMask (Li et al., NeurIPS 2022): a meta-learnt dimensional mask for Barlow Twins.
+
+The backbone features f are multiplied by a mask ``M = sigmoid(m)`` (one entry per feature
+dimension, ``m`` initialised to 0) and the masked features feed two heads: a Barlow Twins
+projector and a SimCLR projector. Each training step, as the official ``meta-mask.py``:
+
+1. the network ``theta`` takes one optimizer step on ``L = L_BT + weight_cl * L_CL`` with the
+   mask held fixed, giving ``theta_1``;
+2. a *virtual* step replays that SGD step on ``L_CL`` alone::
+
+       theta'(m) = theta_1 - eta * (mu * buf + grad_theta L_CL(theta_1, M(m)) + wd * theta_1)
+
+   with ``eta`` the current learning rate and ``buf`` the optimizer's momentum buffer after
+   step 1;
+3. the mask's meta-gradient ``g_m = d/dm L_CL(theta'(m), M(m))``:
+
+   - ``'exact'``: the total derivative, ``jax.grad`` through the virtual step (second order:
+     JAX differentiates the inner backward pass);
+   - ``'first_order'``: ``theta'`` held constant (the official ``--no-second-order``);
+   - ``'finite_difference'``: the official DARTS approximation of the second-order term,
+     ``g_m = g_1 - eta * (g_+ - g_-) / (2 R)`` with ``v = grad_theta' L_CL(theta', M)``,
+     ``R = r / ||v||`` and ``g_+- = grad_m L_CL(theta_1 +- R v, M)``;
+4. ``m`` takes one step of its own optimizer (PyTorch SGD with coupled weight decay; its
+   learning rate follows the model's schedule, as the official code anneals both).
+
+Where things live: ``m`` and its optimizer state are method state (``ts.state['mask']``,
+``ts.state['mask_opt']``), so the trainer's optimizer only ever sees the network parameters
+and the trainer needs no MetaMask-specific code.
+
+The momentum buffer ``buf`` is read from the trainer's optax state: the one
+``optax.TraceState`` in it (``optim.make_optimizer('sgd')`` is ``add_decayed_weights`` then
+``sgd``, whose trace *is* PyTorch's ``momentum_buffer``). The virtual step is only the replay
+of an SGD step for momentum SGD with coupled weight decay, so other optimizers are rejected.
+
+BatchNorm: as in the official code each view goes through the network on its own (per-view
+batch statistics; the running statistics are updated once per view). Every virtual and
+meta forward pass runs in train mode (batch statistics, as the official code does), and the
+running statistics those passes would write are discarded: only the model step's are kept.
+(The official code also lets the forward pass at ``theta_1`` of step 2 update the real
+model's running statistics a second time; we do not.)
+
+Evaluation uses the masked features ``f * M`` (the official kNN monitor: k = 5, T = 1).
+
+References: Li et al., "MetaMask: Revisiting Dimensional Confounder for Self-Supervised
+Learning", NeurIPS 2022; jiangmengli/MetaMask ``meta-mask.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from ssljax import losses, models, optim
+from ssljax.config import ConfigError
+from ssljax.methods import base, register
+
+PyTree = Any
+
+META_GRADS = ("exact", "first_order", "finite_difference", "none")
+
+
+class MaskedTwoHeads(nn.Module):
+    """A backbone whose masked features ``f * mask`` feed a Barlow Twins and a SimCLR head.
+
+    Returns ``(masked features, z_bt, z_cl)``; a head that is not asked for returns None (the
+    virtual and meta passes need only the SimCLR head). ``mask=None`` means no mask.
+    """
+    backbone: nn.Module
+    bt_head: nn.Module
+    cl_head: nn.Module
+
+    def __call__(self, x, mask, *, train: bool, bt: bool = True, cl: bool = True):
+        f = self.backbone(x, train=train)
+        if mask is not None:
+            f = f * mask.astype(f.dtype)
+        z_bt = self.bt_head(f, train=train) if bt else None
+        z_cl = self.cl_head(f, train=train) if cl else None
+        return f, z_bt, z_cl
+
+    def features(self, x):
+        return self.backbone(x, train=False)
+
+
+def momentum_buffer(opt_state: PyTree, params: PyTree) -> PyTree:
+    """The momentum buffer (optax ``TraceState.trace``) of a momentum-SGD optimizer state.
+
+    Assumes, as ``optim.make_optimizer('sgd')`` builds it, exactly one ``optax.TraceState``
+    whose ``trace`` has the structure of ``params``.
+    """
+    traces = [s.trace for s in jax.tree.leaves(
+        opt_state, is_leaf=lambda s: isinstance(s, optax.TraceState))
+        if isinstance(s, optax.TraceState)]
+    if len(traces) != 1 or jax.tree.structure(traces[0]) != jax.tree.structure(params):
+        raise ValueError(
+            "MetaMask's virtual step needs the momentum buffer of a momentum-SGD optimizer, "
+            f"but the optimizer state holds {len(traces)} matching optax.TraceState; use "
+            "--config.optimizer.name=sgd with --config.optimizer.momentum > 0.")
+    return traces[0]
+
+
+@register
+class MetaMask(base.Method):
+    name = "metamask"
+
+    def __init__(self, config, *, num_classes, backbone: nn.Module | None = None,
+                 bt_head: nn.Module | None = None, cl_head: nn.Module | None = None):
+        """``backbone``, ``bt_head`` and ``cl_head`` replace the modules the config names
+        (tests use tiny float64 networks)."""
+        super().__init__(config, num_classes=num_classes)
+        mc = config.metamask
+        if mc.meta_grad not in META_GRADS:
+            raise ConfigError(f"metamask.meta_grad={mc.meta_grad!r} is not known; use one of "
+                              f"{', '.join(repr(g) for g in META_GRADS)}.")
+        oc = config.optimizer
+        if mc.meta_grad != "none" and (oc.name != "sgd" or oc.nesterov or oc.momentum <= 0):
+            raise ConfigError(
+                "MetaMask's virtual step replays a momentum-SGD step; set "
+                "--config.optimizer.name=sgd, --config.optimizer.momentum > 0 and "
+                f"--config.optimizer.nesterov=False (got {oc.name}, momentum {oc.momentum}, "
+                f"nesterov {oc.nesterov}).")
+        dtype = base.compute_dtype(config.model.dtype)
+        if backbone is None:
+            m = config.model
+            backbone = models.resnet(m.name, width=m.width, stem=m.stem,
+                                     stem_stride=m.stem_stride, stem_relu=m.get("stem_relu", True),
+                                     zero_init_residual=m.zero_init_residual, dtype=dtype)
+
+        def head(cfg):
+            return models.MLP(hidden_dims=tuple(cfg.hidden_dims), out_dim=cfg.out_dim,
+                              use_bn=cfg.use_bn, last_bn=cfg.last_bn, dtype=dtype)
+
+        self.model = MaskedTwoHeads(backbone=backbone,
+                                    bt_head=bt_head or head(config.bt_projector),
+                                    cl_head=cl_head or head(config.cl_projector))
+        self.meta_grad = mc.meta_grad
+        self.mu = oc.momentum
+        self.weight_decay = oc.weight_decay
+        self.decay_all = not oc.exclude_bias_and_norm
+        # PyTorch SGD for the mask: buf = mu * buf + (g + wd * m); m -= lr * buf.
+        self.mask_tx = optax.chain(optax.add_decayed_weights(mc.mask_weight_decay),
+                                   optax.trace(decay=mc.mask_momentum))
+        self.peak_lr = optim.base_learning_rate(oc, config.batch_size)
+
+    # -- the model ------------------------------------------------------------------------
+    def mask_values(self, m: jax.Array) -> jax.Array:
+        """``M = sigmoid(m)``; with ``meta_grad='none'`` a fixed all-ones mask (the official
+        ``--disable-meta``)."""
+        if self.meta_grad == "none":
+            return jnp.ones_like(m)
+        return jax.nn.sigmoid(m)
+
+    def init_model(self, rng, batch):
+        (features, _, _), variables = self.model.init_with_output(
+            rng, batch["views"][:, 0], None, train=False)
+        m = jnp.zeros(features.shape[-1:], jnp.float32)
+        return variables["params"], {"batch_stats": variables["batch_stats"], "mask": m,
+                                     "mask_opt": self.mask_tx.init(m)}
+
+    def forward(self, params, batch_stats, views, mask, *, bt: bool, cl: bool):
+        """Each view through the network on its own, in train mode (per-view BatchNorm
+        statistics, as the official code); returns the outputs per view and the statistics."""
+        outs = []
+        for v in range(views.shape[1]):
+            out, updates = self.model.apply(
+                {"params": params, "batch_stats": batch_stats}, views[:, v], mask, train=True,
+                bt=bt, cl=cl, mutable=["batch_stats"])
+            batch_stats = updates["batch_stats"]
+            outs.append(out)
+        return outs, batch_stats
+
+    def cl_loss(self, params, batch_stats, views, m) -> jax.Array:
+        """``L_CL(theta, M(m))``: NT-Xent of the SimCLR head on the masked features."""
+        outs, _ = self.forward(params, batch_stats, views, self.mask_values(m), bt=False, cl=True)
+        return losses.nt_xent(outs[0][2], outs[1][2], temperature=self.config.metamask.temperature)
+
+    def loss(self, params, state, batch, rng, step):
+        del rng, step
+        mc = self.config.metamask
+        mask = self.mask_values(state["mask"])
+        with_cl = mc.weight_cl != 0
+        outs, batch_stats = self.forward(params, state["batch_stats"], batch["views"], mask,
+                                         bt=True, cl=with_cl)
+        bt = losses.barlow_twins(outs[0][1], outs[1][1], lambd=mc.bt_lambd, ddof=1, eps=0.0)
+        cl = (losses.nt_xent(outs[0][2], outs[1][2], temperature=mc.temperature) if with_cl
+              else jnp.zeros((), bt.dtype))
+        loss = mc.weight_bt * bt + mc.weight_cl * cl
+        return loss, base.LossOutput(
+            state=dict(state, batch_stats=batch_stats), metrics={"bt_loss": bt, "cl_loss": cl},
+            features=jax.lax.stop_gradient(outs[0][0]))
+
+    def embed(self, params, state, images):
+        f = self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
+                             method=MaskedTwoHeads.features)
+        return f * self.mask_values(state["mask"]).astype(f.dtype)
+
+    # -- the meta step --------------------------------------------------------------------
+    def virtual_params(self, params_1, batch_stats, buf, m, views, eta) -> PyTree:
+        """``theta'(m) = theta_1 - eta (mu buf + grad L_CL(theta_1, M(m)) + wd theta_1)``.
+
+        Weight decay follows the trainer's optimizer: every parameter (PyTorch) unless
+        ``optimizer.exclude_bias_and_norm``."""
+        grads = jax.grad(self.cl_loss)(params_1, batch_stats, views, m)
+        decay = jax.tree.map(lambda p: self.weight_decay if self.decay_all or p.ndim > 1 else 0.0,
+                             params_1)
+        return jax.tree.map(lambda p, b, g, wd: p - eta * (self.mu * b + g + wd * p),
+                            params_1, buf, grads, decay)
+
+    def meta_objective(self, params_1, batch_stats, buf, m, views, eta) -> jax.Array:
+        """The outer objective ``L_CL(theta'(m), M(m))``, a function of the mask alone."""
+        theta = self.virtual_params(params_1, batch_stats, buf, m, views, eta)
+        return self.cl_loss(theta, batch_stats, views, m)
+
+    def meta_gradient(self, params_1, batch_stats, buf, m, views, eta, *,
+                      kind: str | None = None, r: float | None = None):
+        """``(L_CL(theta', M), g_m)`` for ``kind`` ('exact', 'first_order' or
+        'finite_difference'; default ``config.metamask.meta_grad``)."""
+        kind = kind or self.meta_grad
+        if kind == "exact":
+            return jax.value_and_grad(self.meta_objective, argnums=3)(
+                params_1, batch_stats, buf, m, views, eta)
+        theta = self.virtual_params(params_1, batch_stats, buf, m, views, eta)
+        if kind == "first_order":
+            theta = jax.lax.stop_gradient(theta)
+            return jax.value_and_grad(self.cl_loss, argnums=3)(theta, batch_stats, views, m)
+        if kind != "finite_difference":
+            raise ValueError(f"Unknown meta-gradient kind {kind!r}; use one of {META_GRADS[:3]}.")
+        r = self.config.metamask.fd_r if r is None else r
+        value, (v, g1) = jax.value_and_grad(self.cl_loss, argnums=(0, 3))(
+            theta, batch_stats, views, m)
+        norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(v)))
+        scale = r / norm
+
+        def grad_m_at(sign):
+            shifted = jax.tree.map(lambda p, d: p + sign * scale * d, params_1, v)
+            return jax.grad(self.cl_loss, argnums=3)(shifted, batch_stats, views, m)
+
+        return value, g1 - eta * (grad_m_at(1.0) - grad_m_at(-1.0)) / (2 * scale)
+
+    def mask_lr(self, schedule, step) -> jax.Array:
+        """The mask's learning rate: ``metamask.mask_lr``, annealed like the model's."""
+        lr = self.config.metamask.mask_lr
+        if self.config.metamask.mask_lr_follows_schedule and self.peak_lr > 0:
+            return lr * schedule(step) / self.peak_lr
+        return jnp.asarray(lr, jnp.float32)
+
+    def train_step(self, ts, batch, rng, tx, probe_tx, schedule):
+        """Model step on ``L_BT + weight_cl L_CL``, then the mask's meta step; and the probe."""
+        rng = jax.random.fold_in(rng, ts.step)
+
+        # 1. The model step (the mask is fixed; only the meta step moves it).
+        (loss, out), grads = jax.value_and_grad(self.loss, has_aux=True)(
+            ts.params, ts.state, batch, rng, ts.step)
+        updates, opt_state = tx.update(grads, ts.opt_state, ts.params)
+        params = optax.apply_updates(ts.params, updates)
+        state = out.state
+        lr = schedule(ts.step)
+        metrics = dict(out.metrics, loss=loss, lr=lr)
+
+        # 2-4. Virtual step, meta-gradient of the mask, mask step.
+        if self.meta_grad != "none":
+            buf = momentum_buffer(opt_state, params)
+            meta_loss, g_m = self.meta_gradient(params, state["batch_stats"], buf, state["mask"],
+                                                batch["views"], lr)
+            mask_updates, mask_opt = self.mask_tx.update(g_m, state["mask_opt"], state["mask"])
+            mask_lr = self.mask_lr(schedule, ts.step)
+            state = dict(state, mask=state["mask"] - mask_lr * mask_updates, mask_opt=mask_opt)
+            metrics.update(meta_loss=meta_loss, meta_grad_norm=jnp.linalg.norm(g_m),
+                           mask_lr=mask_lr)
+        mask = self.mask_values(state["mask"])
+        metrics.update(mask_mean=jnp.mean(mask), mask_min=jnp.min(mask), mask_max=jnp.max(mask))
+
+        # The online probe, as in Method.train_step.
+        (probe_ce, probe_acc), probe_grads = jax.value_and_grad(self.probe_loss, has_aux=True)(
+            ts.probe_params, out.features, batch["label"])
+        probe_updates, probe_opt_state = probe_tx.update(probe_grads, ts.probe_opt_state,
+                                                         ts.probe_params)
+        probe_params = optax.apply_updates(ts.probe_params, probe_updates)
+        metrics.update(probe_loss=probe_ce, probe_top1=probe_acc)
+
+        new_ts = base.TrainState(step=ts.step + 1, params=params, opt_state=opt_state,
+                                 state=state, probe_params=probe_params,
+                                 probe_opt_state=probe_opt_state)
+        return new_ts, metrics
