@@ -1,0 +1,61 @@
+"""Shared pieces of the trainer-level tests: tiny configs of any method, metrics readers."""
+
+import importlib.util
+import json
+import os
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(name: str, variant: str = "fashion_mnist"):
+    """``configs/<name>.py``'s ``get_config(variant)``."""
+    spec = importlib.util.spec_from_file_location(f"_configs_{name}",
+                                                  os.path.join(REPO, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(variant)
+
+
+def set_fields(c, overrides: dict):
+    """``{'optimizer.lr': 0.1}`` -> ``c.optimizer.lr = 0.1``."""
+    for key, value in overrides.items():
+        node = c
+        *path, last = key.split(".")
+        for p in path:
+            node = node[p]
+        node[last] = value
+    return c
+
+
+def tiny_config(name: str, **overrides):
+    """A method's Fashion-MNIST config shrunk to seconds: width 4, 16x16 images, batch 16,
+    6 steps of SGD (see tests/test_train.py's ``tiny_config`` for why stride-1 stem and SGD)."""
+    c = load_config(name)
+    c.data.train_split = "train[:256]"
+    c.data.test_split = "test[:128]"
+    c.data.image_size = 16
+    c.model.width = 4
+    c.model.stem_stride = 1
+    c.projector.hidden_dims = (32,)
+    c.projector.out_dim = 16
+    c.batch_size = 16
+    c.total_steps = 6
+    c.log_every = 1
+    c.checkpoint_every = 1000
+    c.optimizer.name = "sgd"
+    c.optimizer.lr = 0.05
+    c.optimizer.lr_scaling = "linear"
+    c.optimizer.warmup_epochs = 0.0
+    c.optimizer.warmup_init = 0.0
+    c.optimizer.step_per_epoch = False
+    c.eval.baselines = False
+    c.eval.linear_epochs = 2
+    c.eval.knn_k = 5
+    return set_fields(c, overrides)
+
+
+def read_metrics(workdir: str) -> dict[int, dict]:
+    """``metrics.jsonl`` rows that carry a training loss, by step."""
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return {r["step"]: r for r in rows if "loss" in r}
