@@ -133,9 +133,10 @@ class MetaMask(base.Method):
             return models.MLP(hidden_dims=tuple(cfg.hidden_dims), out_dim=cfg.out_dim,
                               use_bn=cfg.use_bn, last_bn=cfg.last_bn, dtype=dtype)
 
-        self.model = MaskedTwoHeads(backbone=backbone,
-                                    bt_head=bt_head or head(config.bt_projector),
-                                    cl_head=cl_head or head(config.cl_projector))
+        self.model = MaskedTwoHeads(
+            backbone=backbone,
+            bt_head=head(config.bt_projector) if bt_head is None else bt_head,
+            cl_head=head(config.cl_projector) if cl_head is None else cl_head)
         self.meta_grad = mc.meta_grad
         self.mu = oc.momentum
         self.weight_decay = oc.weight_decay
@@ -232,7 +233,7 @@ class MetaMask(base.Method):
         value, (v, g1) = jax.value_and_grad(self.cl_loss, argnums=(0, 3))(
             theta, batch_stats, views, m)
         norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(v)))
-        scale = r / norm
+        scale = r / jnp.maximum(norm, 1e-12)  # v = 0 (a dead head): no shift, g_m = g_1
 
         def grad_m_at(sign):
             shifted = jax.tree.map(lambda p, d: p + sign * scale * d, params_1, v)
