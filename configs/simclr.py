@@ -37,7 +37,8 @@ def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
         c.optimizer.lr = 1.0
         c.optimizer.weight_decay = 1e-5
         c.optimizer.warmup_epochs = 0.5
-        c.num_epochs = 4 if variant == "fashion_mnist" else 40
+        # At ~210 img/s on the 2-core machine: 3 epochs ~ 14 min; 22 epochs ~ 1 h 45 min.
+        c.num_epochs = 3 if variant == "fashion_mnist" else 22
         c.log_every = 20
         c.checkpoint_every = 200
         c.eval.linear_epochs = 30
