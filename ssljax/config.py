@@ -79,6 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.linear_lr = 1e-3
     c.eval.linear_weight_decay = 1e-4
     c.eval.linear_batch_size = 1024
+    c.eval.linear_optimizer = "adamw"  # or 'sgd' (momentum 0.9), some papers' protocol
+    c.eval.linear_final_lr_ratio = 0.0  # cosine to this fraction of linear_lr
     c.eval.baselines = True  # also score a random encoder and raw pixels with the same code
     c.eval.train_examples = -1  # > 0: use only the first N training examples for the probes
     return c

@@ -315,7 +315,9 @@ def evaluate_encoder(config, method, ts, mesh, info) -> dict:
         lin = evaluate.linear_probe(train_x, train_y, test_x, test_y,
                                     num_classes=info.num_classes, epochs=ec.linear_epochs,
                                     lr=ec.linear_lr, weight_decay=ec.linear_weight_decay,
-                                    batch_size=ec.linear_batch_size, seed=config.seed)
+                                    batch_size=ec.linear_batch_size, seed=config.seed,
+                                    optimizer=ec.get("linear_optimizer", "adamw"),
+                                    final_lr_ratio=ec.get("linear_final_lr_ratio", 0.0))
         logger.info("%s: linear probe %.2f%%, kNN %.2f%% (%.0fs)", prefix or "pre-trained",
                      100 * lin["top1"], 100 * knn, time.time() - t0)
         return {f"{prefix}linear_probe_top1": round(100 * lin["top1"], 2),

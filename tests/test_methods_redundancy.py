@@ -295,7 +295,10 @@ def test_eight_devices_equal_one_device(step_runs, name):
 
 def test_corinfomax_state_round_trips_through_a_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setattr(base, "build_backbone", tiny_backbone)
-    cfg = lambda **kw: tiny_config("corinfomax", **CIM_TEST, **kw)  # noqa: E731
+    # The paper's SGD linear probe, end to end.
+    paper_probe = {"eval.linear_optimizer": "sgd", "eval.linear_lr": 0.2,
+                   "eval.linear_final_lr_ratio": 0.01}
+    cfg = lambda **kw: tiny_config("corinfomax", **CIM_TEST, **paper_probe, **kw)  # noqa: E731
     mesh = sharding.make_mesh(1)
     straight_dir, resumed_dir = str(tmp_path / "straight"), str(tmp_path / "resumed")
     straight_results = train.train_and_evaluate(cfg(), straight_dir, mesh=mesh)
@@ -309,6 +312,38 @@ def test_corinfomax_state_round_trips_through_a_checkpoint(tmp_path, monkeypatch
                                    [straight[s][key] for s in (4, 5, 6)], rtol=1e-6, err_msg=key)
     assert resumed_results["linear_probe_top1"] == straight_results["linear_probe_top1"]
     assert resumed_results["knn_top1"] == straight_results["knn_top1"]
+
+
+# ---- The SGD linear probe (CorInfoMax's protocol) ----------------------------------------------
+
+def test_sgd_linear_probe_matches_numpy_momentum_sgd():
+    from ssljax.evaluate import linear
+    rng = np.random.default_rng(0)
+    n, d, k = 24, 5, 3
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    y = rng.integers(0, k, size=n).astype(np.int32)
+    lr, wd, ratio, steps = 0.2, 0.1, 0.01, 3
+    # One full batch per epoch: the permutation does not change the mean gradient.
+    got = linear._fit(jnp.asarray(x), jnp.asarray(y), jax.random.key(0), num_classes=k,
+                      epochs=steps, batch_size=n, lr=lr, weight_decay=wd, optimizer="sgd",
+                      final_lr_ratio=ratio)
+
+    w, b = np.zeros((d, k)), np.zeros(k)
+    buf_w, buf_b = np.zeros((d, k)), np.zeros(k)
+    onehot = np.eye(k)[y]
+    for t in range(steps):
+        logits = x @ w + b
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        g_w = x.T @ (p - onehot) / n + wd * w  # coupled weight decay, biases included
+        g_b = (p - onehot).mean(0) + wd * b
+        buf_w, buf_b = 0.9 * buf_w + g_w, 0.9 * buf_b + g_b
+        lr_t = lr * (ratio + (1 - ratio) * 0.5 * (1 + np.cos(np.pi * t / steps)))
+        w, b = w - lr_t * buf_w, b - lr_t * buf_b
+    np.testing.assert_allclose(got["w"], w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["b"], b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="linear-probe optimizer"):
+        linear.linear_probe(x, y, x, y, num_classes=k, optimizer="lbfgs")
 
 
 # ---- Configs ----------------------------------------------------------------------------------
@@ -351,5 +386,8 @@ def test_configs_carry_the_official_recipes():
         assert (v1.blur_p, v1.solarize_p, v2.blur_p, v2.solarize_p) == (1.0, 0.0, 0.1, 0.2)
         assert v1.crop_scale == (0.08, 1.0) and v1.jitter_p == 0.8 and v1.grayscale_p == 0.2
         assert (v1.brightness, v1.contrast, v1.saturation, v1.hue) == (0.4, 0.4, 0.2, 0.1)
-        assert c.eval.linear_epochs == 100 and c.eval.linear_batch_size == 256
+        e = c.eval
+        assert (e.linear_optimizer, e.linear_lr, e.linear_epochs, e.linear_batch_size,
+                e.linear_weight_decay) == ("sgd", 0.2, 100, 256, 0.0)
+        assert math.isclose(e.linear_lr * e.linear_final_lr_ratio, 2e-3)
     assert c10.batch_size == 512 and c10.optimizer.lr == 0.5
