@@ -334,11 +334,14 @@ def evaluate_encoder(config, method, ts, mesh, info) -> dict:
     (tr_f, tr_y), (te_f, te_y) = features_of(ts.params, ts.state)
     logger.info("Extracted %d + %d features in %.0fs.", len(tr_f), len(te_f), time.time() - t0)
     results.update(score("", tr_f, tr_y, te_f, te_y))
+    # How many dimensions the test embeddings use (dimensional collapse lowers it).
+    results["effective_rank"] = round(evaluate.effective_rank(te_f), 2)
     if ec.baselines:
         example = {"views": jnp.zeros((1, 1) + train_images.shape[1:], jnp.float32)}
         params, state = jax.jit(method.init_model)(init_key(config.seed + 1), example)
         (tr_f, tr_y), (te_f, te_y) = features_of(params, state)
         results.update(score("random_encoder_", tr_f, tr_y, te_f, te_y))
+        results["random_encoder_effective_rank"] = round(evaluate.effective_rank(te_f), 2)
         norm = lambda x: (x.astype(np.float32) / 255.0 - np.asarray(info.mean)) / np.asarray(info.std)  # noqa: E731
         results.update(score("raw_pixels_", norm(train_images).reshape(len(train_images), -1),
                              np.asarray(train_labels),

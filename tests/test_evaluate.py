@@ -51,3 +51,22 @@ def test_linear_probe_separates_linear_classes_and_not_xor():
     res = evaluate.linear_probe(x[:1500], y_xor[:1500], x[1500:], y_xor[1500:], num_classes=2,
                                 epochs=20, lr=0.05, batch_size=128)
     assert res["top1"] < 0.65  # a linear model cannot do XOR
+
+
+def test_effective_rank_identities():
+    rng = np.random.default_rng(3)
+    # Equal singular values in d dimensions: exactly d, whatever the rotation.
+    q, _ = np.linalg.qr(rng.normal(size=(50, 6)))
+    assert abs(evaluate.effective_rank(q * 3.0, center=False) - 6.0) < 1e-9
+    # Singular values (3, 1): p = (3/4, 1/4), exp(H) by hand.
+    x = np.zeros((4, 2))
+    x[0, 0], x[1, 1] = 3.0, 1.0
+    expected = np.exp(-(0.75 * np.log(0.75) + 0.25 * np.log(0.25)))
+    assert abs(evaluate.effective_rank(x, center=False) - expected) < 1e-12
+    # Data on a line after centring (an offset is not a dimension): rank 1.
+    line = np.outer(rng.normal(size=100), rng.normal(size=8)) + 5.0
+    assert abs(evaluate.effective_rank(line) - 1.0) < 1e-6
+    # A collapsed copy of the features uses fewer dimensions than the features themselves.
+    full = rng.normal(size=(200, 16))
+    assert evaluate.effective_rank(full[:, :4] @ rng.normal(size=(4, 16))) < 4.0 + 1e-9
+    assert evaluate.effective_rank(full) > 12.0

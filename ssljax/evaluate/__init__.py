@@ -3,5 +3,6 @@
 from ssljax.evaluate.features import extract_features
 from ssljax.evaluate.knn import knn_predict, knn_top1
 from ssljax.evaluate.linear import linear_probe
+from ssljax.evaluate.rank import effective_rank
 
-__all__ = ["extract_features", "knn_predict", "knn_top1", "linear_probe"]
+__all__ = ["effective_rank", "extract_features", "knn_predict", "knn_top1", "linear_probe"]
