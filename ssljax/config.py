@@ -81,6 +81,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.linear_batch_size = 1024
     c.eval.linear_optimizer = "adamw"  # or 'sgd' (momentum 0.9), some papers' protocol
     c.eval.linear_final_lr_ratio = 0.0  # cosine to this fraction of linear_lr
+    # 'cosine', or 'piecewise': linear_lr times linear_decay_rate at each of linear_decay_epochs
+    c.eval.linear_schedule = "cosine"
+    c.eval.linear_decay_epochs = (60, 80)
+    c.eval.linear_decay_rate = 0.1
     c.eval.baselines = True  # also score a random encoder and raw pixels with the same code
     c.eval.train_examples = -1  # > 0: use only the first N training examples for the probes
     return c

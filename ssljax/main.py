@@ -40,6 +40,13 @@ def print_table(results: dict) -> None:
         if f"{prefix}linear_probe_top1" in results:
             print(f"{name:28s}{results[prefix + 'linear_probe_top1']:13.2f}%"
                   f"{results[prefix + 'knn_top1']:9.2f}%")
+    # Multi-exit networks (SelfCon, sub-network CE): the sub-networks and the ensemble.
+    suffix = "_linear_probe_top1"
+    for key in sorted(k for k in results if k.startswith("subnet") and k.endswith(suffix)):
+        name = key[: -len(suffix)]
+        print(f"{'  ' + name:28s}{results[key]:13.2f}%{results[name + '_knn_top1']:9.2f}%")
+    if "ensemble_linear_probe_top1" in results:
+        print(f"{'  ensemble (mean of logits)':28s}{results['ensemble_linear_probe_top1']:13.2f}%")
     print(f"(pre-training {results['train_time_s']:.0f}s, evaluation {results['eval_time_s']:.0f}s)")
 
 

@@ -308,7 +308,7 @@ def evaluate_encoder(config, method, ts, mesh, info) -> dict:
     if ec.train_examples > 0:
         train_images, train_labels = train_images[:ec.train_examples], train_labels[:ec.train_examples]
 
-    def score(prefix: str, train_x, train_y, test_x, test_y) -> dict:
+    def score(prefix: str, train_x, train_y, test_x, test_y, logits: list | None = None) -> dict:
         t0 = time.time()
         knn = evaluate.knn_top1(train_x, train_y, test_x, test_y, k=ec.knn_k,
                                 temperature=ec.knn_temperature, num_classes=info.num_classes)
@@ -317,14 +317,35 @@ def evaluate_encoder(config, method, ts, mesh, info) -> dict:
                                     lr=ec.linear_lr, weight_decay=ec.linear_weight_decay,
                                     batch_size=ec.linear_batch_size, seed=config.seed,
                                     optimizer=ec.get("linear_optimizer", "adamw"),
-                                    final_lr_ratio=ec.get("linear_final_lr_ratio", 0.0))
+                                    final_lr_ratio=ec.get("linear_final_lr_ratio", 0.0),
+                                    schedule=ec.get("linear_schedule", "cosine"),
+                                    decay_epochs=tuple(ec.get("linear_decay_epochs", ())),
+                                    decay_rate=ec.get("linear_decay_rate", 0.1),
+                                    return_logits=logits is not None)
+        if logits is not None:
+            logits.append(lin["test_logits"])
         logger.info("%s: linear probe %.2f%%, kNN %.2f%% (%.0fs)", prefix or "pre-trained",
                      100 * lin["top1"], 100 * knn, time.time() - t0)
         return {f"{prefix}linear_probe_top1": round(100 * lin["top1"], 2),
                 f"{prefix}knn_top1": round(100 * knn, 2)}
 
+    def score_named(prefix: str, train_x: dict, train_y, test_x: dict, test_y) -> dict:
+        """One feature set (the usual case), or several (multi-exit networks: backbone,
+        sub-networks, and the ensemble of their linear probes, by the mean of the logits)."""
+        if list(train_x) == [""]:
+            return score(prefix, train_x[""], train_y, test_x[""], test_y)
+        out, logits = {}, []
+        for name in train_x:
+            sub = prefix if name == "backbone" else f"{prefix}{name}_"
+            out.update(score(sub, train_x[name], train_y, test_x[name], test_y, logits))
+        ensemble = np.mean(np.argmax(np.mean(logits, axis=0), -1) == np.asarray(test_y))
+        out[f"{prefix}ensemble_linear_probe_top1"] = round(100 * float(ensemble), 2)
+        logger.info("%sensemble of %d linear probes: %.2f%%", prefix, len(logits),
+                     100 * ensemble)
+        return out
+
     def features_of(params, state):
-        embed = lambda x: method.embed(params, state, x)  # noqa: E731
+        embed = lambda x: method.embed_named(params, state, x)  # noqa: E731
         kw = dict(mesh=mesh, batch_size=ec.batch_size, mean=info.mean, std=info.std)
         return (evaluate.extract_features(embed, train_images, train_labels, **kw),
                 evaluate.extract_features(embed, test_images, test_labels, **kw))
@@ -332,16 +353,18 @@ def evaluate_encoder(config, method, ts, mesh, info) -> dict:
     results = {}
     t0 = time.time()
     (tr_f, tr_y), (te_f, te_y) = features_of(ts.params, ts.state)
-    logger.info("Extracted %d + %d features in %.0fs.", len(tr_f), len(te_f), time.time() - t0)
-    results.update(score("", tr_f, tr_y, te_f, te_y))
-    # How many dimensions the test embeddings use (dimensional collapse lowers it).
-    results["effective_rank"] = round(evaluate.effective_rank(te_f), 2)
+    logger.info("Extracted %d + %d features in %.0fs.", len(tr_y), len(te_y), time.time() - t0)
+    results.update(score_named("", tr_f, tr_y, te_f, te_y))
+    # How many dimensions the test embeddings use (dimensional collapse lowers it); for
+    # multi-exit networks, the backbone's (the first feature set).
+    results["effective_rank"] = round(evaluate.effective_rank(next(iter(te_f.values()))), 2)
     if ec.baselines:
         example = {"views": jnp.zeros((1, 1) + train_images.shape[1:], jnp.float32)}
         params, state = jax.jit(method.init_model)(init_key(config.seed + 1), example)
         (tr_f, tr_y), (te_f, te_y) = features_of(params, state)
-        results.update(score("random_encoder_", tr_f, tr_y, te_f, te_y))
-        results["random_encoder_effective_rank"] = round(evaluate.effective_rank(te_f), 2)
+        results.update(score_named("random_encoder_", tr_f, tr_y, te_f, te_y))
+        results["random_encoder_effective_rank"] = round(
+            evaluate.effective_rank(next(iter(te_f.values()))), 2)
         norm = lambda x: (x.astype(np.float32) / 255.0 - np.asarray(info.mean)) / np.asarray(info.std)  # noqa: E731
         results.update(score("raw_pixels_", norm(train_images).reshape(len(train_images), -1),
                              np.asarray(train_labels),

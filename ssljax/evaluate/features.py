@@ -16,6 +16,9 @@ def extract_features(embed: Callable[[jax.Array], jax.Array], images: np.ndarray
                      image_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``embed`` applied to every example once; returns ``(features [N, D], labels [N])``.
 
+    ``embed`` may return a pytree of ``[B, D_i]`` arrays (e.g. a dict of named features); the
+    features returned are then the same pytree of ``[N, D_i]`` arrays.
+
     Every process passes the whole ``images``/``labels`` arrays; each feeds its own share of
     every batch (``make_eval_batches``), and the compiled function replicates the features,
     so every process returns all examples.
@@ -32,6 +35,6 @@ def extract_features(embed: Callable[[jax.Array], jax.Array], images: np.ndarray
                                         process_count=jax.process_count()):
         f, y, mask = jax.device_get(embed_fn(data.to_global(batch, batch_sharding)))
         keep = mask > 0
-        feats.append(np.asarray(f, np.float32)[keep])
+        feats.append(jax.tree.map(lambda a: np.asarray(a, np.float32)[keep], f))
         labs.append(y[keep])
-    return np.concatenate(feats), np.concatenate(labs)
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *feats), np.concatenate(labs)

@@ -38,5 +38,9 @@ from ssljax.methods import metamask  # noqa: E402,F401
 from ssljax.methods import barlow_twins  # noqa: E402,F401
 from ssljax.methods import vicreg  # noqa: E402,F401
 from ssljax.methods import corinfomax  # noqa: E402,F401
+from ssljax.methods import selfcon  # noqa: E402,F401
+from ssljax.methods import supcon  # noqa: E402,F401
+from ssljax.methods import ce  # noqa: E402,F401
+from ssljax.methods import subnet_ce  # noqa: E402,F401
 
 __all__ = ["LossOutput", "Method", "TrainState", "available", "get_method", "register"]

@@ -90,6 +90,17 @@ class Method:
         """Frozen-encoder features for evaluation (inference mode), ``[B, D]``."""
         raise NotImplementedError
 
+    def embed_named(self, params: PyTree, state: PyTree,
+                    images: jax.Array) -> dict[str, jax.Array]:
+        """Named features for evaluation, each ``[B, D_name]``.
+
+        Methods with several feature extractors (multi-exit networks: ``'backbone'`` and
+        ``'subnet'``) return one entry per extractor, and the offline evaluation scores each
+        and the ensemble of their linear probes. The default, one unnamed entry, is
+        :meth:`embed` alone.
+        """
+        return {"": self.embed(params, state, images)}
+
     def after_update(self, params: PyTree, state: PyTree, step: jax.Array) -> PyTree:
         """State updates that need the new parameters (EMA targets); identity by default."""
         del params, step
