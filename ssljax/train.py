@@ -124,6 +124,7 @@ def build_step(config: ml_collections.ConfigDict, method, mesh, *, total_steps: 
     schedule = optim.make_schedule(config.optimizer, global_batch_size=config.batch_size,
                                    total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     tx = optim.make_optimizer(config.optimizer, schedule)
+    method.total_steps = total_steps
     probe_tx = optax.adam(config.eval.probe_lr)
     return CompiledStep(method, tx, probe_tx, schedule, mesh)
 
