@@ -160,19 +160,21 @@ class MoCo(base.Method):
         """``((features, q), batch_stats)``: the query encoder, BN per group in batch order."""
         return group_apply(self._apply(params), batch_stats, x, self.config.moco.bn_groups)
 
-    def encode_keys(self, key_vars, x, rng):
+    def encode_keys(self, key_vars, x, rng, *, shuffle: bool | None = None):
         """``(k, batch_stats)``: the key encoder under shuffled, grouped BatchNorm.
 
-        With ``moco.shuffle_bn`` the batch is permuted by :func:`key_permutation` of ``rng``
-        before the grouping and the keys are put back in the order of ``x``.
+        With ``shuffle`` (default ``moco.shuffle_bn``) the batch is permuted by
+        :func:`key_permutation` of ``rng`` before the grouping and the keys are put back in
+        the order of ``x``.
         """
         mc = self.config.moco
-        if mc.shuffle_bn:
+        shuffle = mc.shuffle_bn if shuffle is None else shuffle
+        if shuffle:
             perm = key_permutation(rng, x.shape[0])
             x = x[perm]
         (_, k), batch_stats = group_apply(self._apply(key_vars["params"]), key_vars["batch_stats"],
                                           x, mc.bn_groups)
-        if mc.shuffle_bn:
+        if shuffle:
             k = jnp.zeros_like(k).at[perm].set(k)  # un-shuffle: row perm[i] came from x[perm[i]]
         return jax.lax.stop_gradient(k.astype(jnp.float32)), batch_stats
 
