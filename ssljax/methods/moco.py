@@ -87,18 +87,18 @@ def group_apply(apply_fn: Callable[..., tuple[Any, PyTree]], batch_stats: PyTree
     Args:
       apply_fn: ``(batch_stats, x) -> (outputs, new_batch_stats)``, a train-mode pass.
       batch_stats: the running statistics before the pass.
-      x: ``[B, ...]``; rows ``[g B/G, (g+1) B/G)`` form group g.
+      x: ``[B, ...]`` (or a pytree of such arrays); rows ``[g B/G, (g+1) B/G)`` form group g.
       groups: G, which must divide B. G = 1 is an ordinary pass over the whole batch.
 
     Returns:
       The outputs (rows in the order of ``x``) and the running statistics, averaged over
       the groups.
     """
-    b = x.shape[0]
+    b = jax.tree.leaves(x)[0].shape[0]
     if groups < 1 or b % groups:
         raise ConfigError(f"The batch of {b} does not split into {groups} BatchNorm groups; "
                           "set --config.moco.bn_groups to a divisor of the batch size.")
-    xg = x.reshape((groups, b // groups) + x.shape[1:])
+    xg = jax.tree.map(lambda a: a.reshape((groups, b // groups) + a.shape[1:]), x)
     out, stats = jax.vmap(lambda xi: apply_fn(batch_stats, xi))(xg)
     out = jax.tree.map(lambda o: o.reshape((b,) + o.shape[2:]), out)
     return out, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
@@ -138,6 +138,10 @@ class MoCo(base.Method):
     def init_model(self, rng, batch):
         model_rng, queue_rng = jax.random.split(rng)
         variables = self.model.init(model_rng, batch["views"][:, 0], train=False)
+        return self.init_state(variables, queue_rng)
+
+    def init_state(self, variables, queue_rng):
+        """``(params, state)``: the key encoder a copy of the query encoder, a random queue."""
         params = variables["params"]
         mc = self.config.moco
         # The official queue starts as random unit vectors; the key encoder as a copy.
