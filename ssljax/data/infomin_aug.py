@@ -95,7 +95,9 @@ def _blend(degenerate, x, factor):
 
 
 def _enhance_factor(v):
-    return v / MAX_LEVEL * 1.8 + 0.1
+    # In double, then rounded to float: PIL's Python computes the factor in double and its
+    # C blend takes a float.
+    return tf.cast(tf.cast(v, tf.float64) / MAX_LEVEL * 1.8 + 0.1, tf.float32)
 
 
 def _affine(x, matrix, fill):
