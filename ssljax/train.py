@@ -77,6 +77,14 @@ def augment_configs(cfg: ml_collections.ConfigDict) -> list:
             for v in range(cfg.num_views)]
 
 
+def jigsaw_config(cfg: ml_collections.ConfigDict):
+    """The ``data.jigsaw`` section as an ``infomin_aug.JigsawConfig``; None when absent."""
+    if "jigsaw" not in cfg or not cfg.jigsaw:
+        return None
+    from ssljax.data.infomin_aug import JigsawConfig
+    return JigsawConfig.from_dict(cfg.jigsaw.to_dict())
+
+
 def init_key(seed: int) -> jax.Array:
     """The key for parameter initialisation.
 
@@ -124,6 +132,7 @@ def build_step(config: ml_collections.ConfigDict, method, mesh, *, total_steps: 
     schedule = optim.make_schedule(config.optimizer, global_batch_size=config.batch_size,
                                    total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     tx = optim.make_optimizer(config.optimizer, schedule)
+    method.total_steps = total_steps
     probe_tx = optax.adam(config.eval.probe_lr)
     return CompiledStep(method, tx, probe_tx, schedule, mesh)
 
@@ -175,7 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                       augment=augment_configs(config.data), seed=config.seed,
                       image_size=config.data.image_size, mean=info.mean, std=info.std,
                       start_step=start_step, process_index=jax.process_index(),
-                      process_count=jax.process_count())
+                      process_count=jax.process_count(), jigsaw=jigsaw_config(config.data))
         if info.in_memory:
             return data.make_pretrain_dataset(pretrain_images, pretrain_labels, **common)
         return data.make_tfds_stream(config.data.name, pretrain_split,

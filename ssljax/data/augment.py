@@ -61,6 +61,14 @@ class AugmentConfig:
       blur_p: probability of a Gaussian blur with kernel ~10% of the image size.
       blur_sigma: range of the blur's standard deviation in pixels.
       solarize_p: probability of solarizing (``x >= 0.5 -> 1 - x``).
+      randaugment_n: RandAugment ops per image (InfoMin Aug: 2); 0 disables it. When on,
+        the order is InfoMin Aug's: crop, flip, jitter, blur, RandAugment, grayscale
+        (see ``ssljax.data.infomin_aug``).
+      randaugment_m: RandAugment's magnitude (0-10).
+      randaugment_mstd: standard deviation of the per-op magnitude noise.
+      randaugment_p: probability of applying each drawn op.
+      randaugment_fill: 8-bit fill colour of the geometric ops (one value per channel, or
+        RGB whose luma fills 1-channel images).
     """
 
     crop_scale: tuple[float, float] = (0.08, 1.0)
@@ -76,14 +84,25 @@ class AugmentConfig:
     blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
+    randaugment_n: int = 0
+    randaugment_m: float = 10.0
+    randaugment_mstd: float = 0.5
+    randaugment_p: float = 0.5
+    randaugment_fill: tuple[float, ...] = (124.0, 116.0, 104.0)
 
     def __post_init__(self):
+        object.__setattr__(self, "randaugment_fill",
+                           tuple(float(v) for v in self.randaugment_fill))
+        if self.randaugment_n < 0 or not 0.0 <= self.randaugment_m <= 10.0:
+            raise ValueError("AugmentConfig needs randaugment_n >= 0 and randaugment_m in "
+                             f"[0, 10], got {self.randaugment_n} and {self.randaugment_m}.")
         for name in ("crop_scale", "crop_ratio", "blur_sigma"):
             value = tuple(float(v) for v in getattr(self, name))
             if len(value) != 2 or value[0] > value[1] or value[0] <= 0:
                 raise ValueError(f"AugmentConfig.{name} must be (low, high) with 0 < low <= high, got {value}.")
             object.__setattr__(self, name, value)
-        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p"):
+        for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "solarize_p",
+                     "randaugment_p"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"AugmentConfig.{name} is a probability in [0, 1], got {getattr(self, name)}.")
 
@@ -248,6 +267,9 @@ def sample_params(
         params["blur_sigma"] = _uniform(s_sigma, [batch_size], *cfg.blur_sigma)
     if cfg.solarize_p > 0:
         params["solarize"] = _bernoulli(fold_seed(seed, _SOLAR), batch_size, cfg.solarize_p)
+    if cfg.randaugment_n > 0:
+        from ssljax.data import infomin_aug
+        params.update(infomin_aug.sample_randaugment(seed, batch_size, channels, cfg))
     return params
 
 
@@ -404,7 +426,8 @@ def apply_params(
 ) -> tf.Tensor:
     """Applies sampled parameters in SimCLR's order and clips to [0, 1].
 
-    Order: random resized crop, flip, colour jitter, grayscale, blur, solarize.
+    Order: random resized crop, flip, colour jitter, grayscale, blur, solarize; with
+    RandAugment (InfoMin Aug): crop, flip, jitter, blur, RandAugment, grayscale, solarize.
 
     Args:
       images: float32 ``[B, H, W, C]`` in [0, 1].
@@ -423,11 +446,18 @@ def apply_params(
         x = random_flip(x, params["flip"])
     if "jitter" in params:
         x = color_jitter(x, params)
-    if "grayscale" in params:
+    # InfoMin Aug (RandAugment on) puts grayscale last: jitter, blur, RandAugment, grayscale.
+    infomin_order = "ra_op" in params
+    if "grayscale" in params and not infomin_order:
         x = random_grayscale(x, params["grayscale"])
     if "blur" in params:
         blurred = gaussian_blur(x, params["blur_sigma"], blur_radius(int(x.shape[1])))
         x = _select(params["blur"], blurred, x)
+    if infomin_order:
+        from ssljax.data import infomin_aug
+        x = infomin_aug.apply_randaugment(tf.clip_by_value(x, 0.0, 1.0), params)
+        if "grayscale" in params:
+            x = random_grayscale(x, params["grayscale"])
     if "solarize" in params:
         x = solarize(x, params["solarize"])
     return tf.clip_by_value(x, 0.0, 1.0)

@@ -31,6 +31,7 @@ __all__ = [
 _TF_THREADS: int | None = None
 # Streams derived from the user's seed; distinct tags keep them independent.
 _PERM_TAG, _AUG_TAG, _CROP_TAG = 1, 2, 3
+_JIGSAW_TAG = 1_000_003  # folded in after the example index, where views fold 0..V-1
 
 
 def configure_tf(threads: int | None = None) -> None:
@@ -112,6 +113,16 @@ def _multi_view(images, seed, global_batch_size, start, configs, image_size, mea
     return _normalize(tf.stack(views, axis=1), mean, std)
 
 
+def _jigsaw_view(images, seed, global_batch_size, start, cfg, mean, std):
+    """The jigsaw view of uint8 ``images`` (rows ``start:start+b`` of the global batch)."""
+    from ssljax.data import infomin_aug
+    x = tf.cast(images, tf.float32) / 255.0
+    params = infomin_aug.sample_jigsaw(seed, global_batch_size, images.shape[1], images.shape[2],
+                                       cfg)
+    params = aug.slice_params(params, start, start + images.shape[0])
+    return _normalize(infomin_aug.jigsaw_patches(x, params, cfg), mean, std)
+
+
 def make_pretrain_dataset(
     images: np.ndarray,
     labels: np.ndarray,
@@ -126,6 +137,7 @@ def make_pretrain_dataset(
     start_step: int = 0,
     process_index: int = 0,
     process_count: int = 1,
+    jigsaw: Any = None,
 ) -> tf.data.Dataset:
     """Infinite dataset of multi-view batches, one element per training step.
 
@@ -147,6 +159,8 @@ def make_pretrain_dataset(
       mean, std: per-channel normalisation in [0, 1] units.
       start_step: the first element is the batch of this step (resuming).
       process_index, process_count: this process and how many read.
+      jigsaw: an ``infomin_aug.JigsawConfig`` adds a PIRL jigsaw view of each example,
+        ``'jigsaw': float32 [b, 9, P, P, C]`` (normalised like the views).
 
     Returns:
       A ``tf.data.Dataset`` of ``{'views': float32 [b, V, S, S, C], 'label': int32 [b]}``.
@@ -185,10 +199,15 @@ def make_pretrain_dataset(
         positions = (step % steps_per_epoch) * global_batch_size + lo + tf.range(local, dtype=tf.int64)
         index = tf.random.experimental.index_shuffle(
             positions, aug.fold_seed(perm_seed, epoch), tf.constant(num_examples - 1, tf.int64))
+        local_images = tf.gather(images_t, index)
         views = _multi_view(
-            tf.gather(images_t, index), aug.fold_seed(aug_seed, step), global_batch_size, lo,
+            local_images, aug.fold_seed(aug_seed, step), global_batch_size, lo,
             tuple(configs), image_size, tuple(mean), tuple(std))
-        return {"views": views, "label": tf.gather(labels_t, index)}
+        out = {"views": views, "label": tf.gather(labels_t, index)}
+        if jigsaw is not None:
+            out["jigsaw"] = _jigsaw_view(local_images, aug.fold_seed(aug_seed, step),
+                                         global_batch_size, lo, jigsaw, mean, std)
+        return out
 
     ds = tf.data.Dataset.counter(start_step, dtype=tf.int64)
     ds = ds.map(make_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -211,6 +230,7 @@ def make_tfds_stream(
     process_index: int | None = None,
     process_count: int | None = None,
     shuffle_buffer: int = 10_000,
+    jigsaw: Any = None,
 ) -> tf.data.Dataset:
     """Infinite multi-view stream from a TFDS dataset too large for memory (ImageNet).
 
@@ -229,6 +249,7 @@ def make_tfds_stream(
       start_step: folded into the seeds so that a resumed run does not replay.
       process_index, process_count: default ``jax.process_index()`` / ``jax.process_count()``.
       shuffle_buffer: examples in the shuffle buffer per process.
+      jigsaw: as for :func:`make_pretrain_dataset`.
 
     Returns:
       A ``tf.data.Dataset`` of ``{'views': float32 [b, V, S, S, 3], 'label': int32 [b]}``.
@@ -273,17 +294,26 @@ def make_tfds_stream(
             crop = aug.sample_crop(  # one example of dynamic shape
                 aug.fold_seed(crop_seed, i, v), 1, shape[1], shape[2], cfg.crop_scale, cfg.crop_ratio)
             views.append(aug.random_resized_crop(image, crop, image_size)[0])
+        if jigsaw is not None:
+            from ssljax.data import infomin_aug
+            params = infomin_aug.sample_jigsaw(aug.fold_seed(crop_seed, i, _JIGSAW_TAG), 1, shape[1],
+                                               shape[2], jigsaw)
+            patches = _normalize(infomin_aug.jigsaw_patches(image, params, jigsaw), mean, std)[0]
+            return tf.stack(views), tf.cast(example["label"], tf.int32), patches
         return tf.stack(views), tf.cast(example["label"], tf.int32)
 
     @tf.autograph.experimental.do_not_convert
     def augment_rest(step, batch):
-        crops, label = batch
+        crops, label = batch[:2]
         views = []
         for v, cfg in enumerate(configs):
             params = aug.sample_params(
                 aug.fold_seed(aug_seed, step, v), local, (image_size, image_size, 3), cfg, crop=False)
             views.append(aug.apply_params(crops[:, v], params))
-        return {"views": _normalize(tf.stack(views, axis=1), mean, std), "label": label}
+        out = {"views": _normalize(tf.stack(views, axis=1), mean, std), "label": label}
+        if jigsaw is not None:
+            out["jigsaw"] = batch[2]
+        return out
 
     ds = ds.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local, drop_remainder=True).enumerate()

@@ -42,5 +42,8 @@ from ssljax.methods import selfcon  # noqa: E402,F401
 from ssljax.methods import supcon  # noqa: E402,F401
 from ssljax.methods import ce  # noqa: E402,F401
 from ssljax.methods import subnet_ce  # noqa: E402,F401
+from ssljax.methods import moco  # noqa: E402,F401
+from ssljax.methods import byol  # noqa: E402,F401
+from ssljax.methods import infomin  # noqa: E402,F401
 
 __all__ = ["LossOutput", "Method", "TrainState", "available", "get_method", "register"]

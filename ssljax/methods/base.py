@@ -70,6 +70,9 @@ class Method:
     """Base class: a model, an objective and the generic one-loss training step."""
 
     name: str = ""
+    # The run's length in steps, set by ``ssljax.train.build_step`` (schedules inside a
+    # method, e.g. BYOL's target momentum, need it); 0 until then.
+    total_steps: int = 0
 
     def __init__(self, config: ml_collections.ConfigDict, *, num_classes: int):
         self.config = config

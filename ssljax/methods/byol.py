@@ -1,0 +1,128 @@
+"""BYOL (Grill et al., NeurIPS 2020): predict an EMA target network's projection of the other view.
+
+As the official code (deepmind-research ``byol/byol_experiment.py``) computes it:
+
+* online network: backbone, projector ``MLP(4096 -> 256)`` with BatchNorm, predictor of
+  the same shape; target network: backbone and projector, no predictor;
+* each view goes through both networks in its own forward pass (BatchNorm statistics over
+  the global batch of that view: the official cross-replica BN);
+* ``loss = byol(p1, z2) + byol(p2, z1)`` with ``byol(p, z) = mean(2 - 2 cos(p, z))`` and the
+  target projections ``z`` under stop-gradient (:func:`ssljax.losses.byol`);
+* after the optimizer step, ``p_t = tau p_t + (1 - tau) p`` with the new online parameters
+  (parameters only: the target's BatchNorm statistics come from its own passes), and
+  ``tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2`` at step k of K (0.996 -> 1).
+
+The target network lives in the method state (``TrainState.state['target']``): sharded,
+donated and checkpointed with the train state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ssljax import losses, models
+from ssljax.config import ConfigError
+from ssljax.methods import base, register
+from ssljax.methods.moco import ema
+from ssljax.methods.simclr import EncoderWithHead
+
+
+class OnlineNetwork(nn.Module):
+    """Backbone, projector (``head``, so the target's parameters share its names) and
+    predictor; returns ``(features, projection, prediction)``."""
+    backbone: nn.Module
+    head: nn.Module
+    predictor: nn.Module
+
+    def __call__(self, x, *, train: bool):
+        features = self.backbone(x, train=train)
+        z = self.head(features, train=train)
+        return features, z, self.predictor(z, train=train)
+
+    def features(self, x):
+        return self.backbone(x, train=False)
+
+
+def target_momentum(step: jax.Array, total_steps: int, base_momentum: float) -> jax.Array:
+    """BYOL's cosine schedule ``1 - (1 - base) (cos(pi step / total) + 1) / 2``.
+
+    >>> round(float(target_momentum(0, 100, 0.996)), 6), float(target_momentum(100, 100, 0.996))
+    (0.996, 1.0)
+    """
+    frac = jnp.minimum(jnp.asarray(step, jnp.float32) / max(total_steps, 1), 1.0)
+    return 1.0 - (1.0 - base_momentum) * (jnp.cos(math.pi * frac) + 1.0) / 2.0
+
+
+def _mlp(cfg, dtype) -> models.MLP:
+    return models.MLP(hidden_dims=tuple(cfg.hidden_dims), out_dim=cfg.out_dim, use_bn=cfg.use_bn,
+                      last_bn=cfg.last_bn, dtype=dtype)
+
+
+@register
+class BYOL(base.Method):
+    name = "byol"
+
+    def __init__(self, config, *, num_classes):
+        super().__init__(config, num_classes=num_classes)
+        if not 0.0 <= config.byol.base_momentum <= 1.0:
+            raise ConfigError(f"byol.base_momentum={config.byol.base_momentum} must be in [0, 1] "
+                              "(BYOL: 0.996).")
+        dtype = base.compute_dtype(config.model.dtype)
+        backbone = base.build_backbone(config.model)
+        head = _mlp(config.projector, dtype)
+        self.model = OnlineNetwork(backbone=backbone, head=head,
+                                   predictor=_mlp(config.predictor, dtype))
+        self.target = EncoderWithHead(backbone=backbone, head=head)
+
+    def init_model(self, rng, batch):
+        variables = self.model.init(rng, batch["views"][:, 0], train=False)
+        params, stats = variables["params"], variables["batch_stats"]
+        # The target starts as a copy of the online backbone and projector.
+        target = {"params": {k: jax.tree.map(jnp.copy, params[k]) for k in ("backbone", "head")},
+                  "batch_stats": {k: jax.tree.map(jnp.copy, stats[k])
+                                  for k in ("backbone", "head") if k in stats}}
+        return params, {"batch_stats": stats, "target": target}
+
+    def momentum(self, step: jax.Array) -> jax.Array:
+        if self.total_steps <= 0:
+            raise ValueError("BYOL's target schedule needs the run length; build the step with "
+                             "ssljax.train.build_step (it sets method.total_steps).")
+        return target_momentum(step, self.total_steps, self.config.byol.base_momentum)
+
+    def loss(self, params, state, batch, rng, step):
+        del rng
+        views = batch["views"]
+        stats, target = state["batch_stats"], state["target"]
+        target_stats = target["batch_stats"]
+        feats, preds, targets = [], [], []
+        for v in range(views.shape[1]):
+            (f, _, p), upd = self.model.apply({"params": params, "batch_stats": stats}, views[:, v],
+                                              train=True, mutable=["batch_stats"])
+            stats = upd["batch_stats"]
+            (_, z), upd = self.target.apply({"params": target["params"], "batch_stats": target_stats},
+                                            views[:, v], train=True, mutable=["batch_stats"])
+            target_stats = upd["batch_stats"]
+            feats.append(f)
+            preds.append(p)
+            targets.append(jax.lax.stop_gradient(z))
+        loss_12 = losses.byol(preds[0], targets[1])
+        loss_21 = losses.byol(preds[1], targets[0])
+        new_state = dict(state, batch_stats=stats, target=dict(target, batch_stats=target_stats))
+        return loss_12 + loss_21, base.LossOutput(
+            state=new_state, metrics={"loss_12": loss_12, "loss_21": loss_21,
+                                      "tau": self.momentum(step)},
+            features=jax.lax.stop_gradient(feats[0]))
+
+    def after_update(self, params, state, step):
+        online = {k: params[k] for k in ("backbone", "head")}
+        target = state["target"]
+        return dict(state, target=dict(target, params=ema(target["params"], online,
+                                                          self.momentum(step))))
+
+    def embed(self, params, state, images):
+        return self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
+                                method=OnlineNetwork.features)

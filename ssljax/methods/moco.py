@@ -1,0 +1,222 @@
+"""MoCo v2 (Chen et al., 2020): a momentum key encoder, a queue of negatives, shuffled BN.
+
+As the official codes compute it (facebookresearch/moco ``moco/builder.py``,
+HobbitLong/PyContrast ``learning/contrast_trainer.py`` and ``memory/mem_moco.py``):
+
+* the query encoder (backbone + head ``Linear-ReLU-Linear``, no BatchNorm in the head)
+  embeds view 1, the key encoder embeds view 2; the key carries no gradient;
+* ``loss = CE([q.k, q @ queue.T] / T, 0)``, the negatives being the queue *before* this
+  step's keys are enqueued (:func:`ssljax.losses.infonce`);
+* after the loss the keys of the whole global batch are enqueued, in batch order, into a
+  ring buffer of K keys (``queue[(ptr + i) % K] = k_i``, ``ptr += B``);
+* after the optimizer step the key encoder's parameters follow the query encoder's:
+  ``p_k = m p_k + (1 - m) p_q`` (parameters only; the key encoder's BatchNorm running
+  statistics come from its own forward passes), one ``jax.tree.map`` in the jitted step.
+
+Queue, pointer and key encoder are method state (``TrainState.state``), so they are
+sharded, donated and checkpointed with the rest of the train state.
+
+**Shuffling BN, for a jit-sharded batch.** In the official code BatchNorm statistics are
+per GPU (no SyncBN). A query and its key computed on the same GPU would share the
+statistics of the same sub-batch, which the network can use to find the positive without
+learning anything (the reason for MoCo's shuffle BN). Here the trainer sees one global
+batch and a plain BatchNorm would normalise over all of it. Instead the encoders normalise
+over ``moco.bn_groups`` groups of the batch, each a stand-in for one GPU (:func:`group_apply`,
+a ``jax.vmap`` over the groups: with as many groups as devices, each device normalises its
+own rows with no communication, exactly the per-GPU BN of the official code), and
+the key batch is permuted before the grouping and un-permuted after it
+(``moco.shuffle_bn``), so the key of example i is normalised with the statistics of a
+random group of examples, not those of its query's group. The permutation comes from the
+step's key, so the result does not depend on the number of devices. The running
+statistics of the G groups are averaged (the update is linear in the batch statistics).
+
+References:
+  He et al., "Momentum Contrast for Unsupervised Visual Representation Learning", CVPR
+  2020; Chen et al., "Improved Baselines with Momentum Contrastive Learning", 2020.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ssljax import losses, models
+from ssljax.config import ConfigError
+from ssljax.losses._common import l2_normalize
+from ssljax.methods import base, register
+from ssljax.methods.simclr import EncoderWithHead
+
+PyTree = Any
+
+
+def ema(target: PyTree, online: PyTree, momentum: float | jax.Array) -> PyTree:
+    """``target * m + online * (1 - m)``, leaf by leaf: the momentum (EMA) update.
+
+    >>> ema({"w": jnp.array(1.0)}, {"w": jnp.array(3.0)}, 0.75)["w"].item()
+    1.5
+    """
+    return jax.tree.map(lambda t, p: momentum * t + (1.0 - momentum) * p.astype(t.dtype),
+                        target, online)
+
+
+def enqueue(queue: jax.Array, ptr: jax.Array, keys: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Writes ``keys`` (``[B, D]``) into the ring buffer ``queue`` (``[K, D]``) at ``ptr``.
+
+    Row ``(ptr + i) % K`` receives ``keys[i]``; the new pointer is ``(ptr + B) % K``. So after
+    any number of steps the queue holds the last K keys, the oldest overwritten first.
+
+    >>> q, p = enqueue(jnp.zeros((3, 1)), jnp.int32(2), jnp.array([[1.0], [2.0]]))
+    >>> q[:, 0].tolist(), int(p)
+    ([2.0, 0.0, 1.0], 1)
+    """
+    size, batch = queue.shape[0], keys.shape[0]
+    if batch > size:
+        raise ValueError(f"The queue ({size} keys) is smaller than the global batch ({batch}); "
+                         "raise --config.moco.queue_size to at least the batch size.")
+    rows = (ptr + jnp.arange(batch)) % size
+    return queue.at[rows].set(keys.astype(queue.dtype)), (ptr + batch) % size
+
+
+def group_apply(apply_fn: Callable[..., tuple[Any, PyTree]], batch_stats: PyTree, x: jax.Array,
+                groups: int) -> tuple[Any, PyTree]:
+    """Train-mode forward pass with BatchNorm statistics per group of consecutive rows.
+
+    Args:
+      apply_fn: ``(batch_stats, x) -> (outputs, new_batch_stats)``, a train-mode pass.
+      batch_stats: the running statistics before the pass.
+      x: ``[B, ...]`` (or a pytree of such arrays); rows ``[g B/G, (g+1) B/G)`` form group g.
+      groups: G, which must divide B. G = 1 is an ordinary pass over the whole batch.
+
+    Returns:
+      The outputs (rows in the order of ``x``) and the running statistics, averaged over
+      the groups.
+    """
+    b = jax.tree.leaves(x)[0].shape[0]
+    if groups < 1 or b % groups:
+        raise ConfigError(f"The batch of {b} does not split into {groups} BatchNorm groups; "
+                          "set --config.moco.bn_groups to a divisor of the batch size.")
+    xg = jax.tree.map(lambda a: a.reshape((groups, b // groups) + a.shape[1:]), x)
+    out, stats = jax.vmap(lambda xi: apply_fn(batch_stats, xi))(xg)
+    out = jax.tree.map(lambda o: o.reshape((b,) + o.shape[2:]), out)
+    return out, jax.tree.map(lambda s: jnp.mean(s, axis=0), stats)
+
+
+def key_permutation(rng: jax.Array, batch_size: int) -> jax.Array:
+    """The permutation of the key batch before grouped BatchNorm (shuffle BN)."""
+    return jax.random.permutation(rng, batch_size)
+
+
+@register
+class MoCo(base.Method):
+    """MoCo v2. InfoMin (:mod:`ssljax.methods.infomin`) extends it with a jigsaw branch."""
+
+    name = "moco"
+
+    def __init__(self, config, *, num_classes):
+        super().__init__(config, num_classes=num_classes)
+        mc = config.moco
+        if not 0.0 <= mc.momentum <= 1.0:
+            raise ConfigError(f"moco.momentum={mc.momentum} must be in [0, 1] (MoCo: 0.999).")
+        if mc.queue_size < config.batch_size:
+            raise ConfigError(
+                f"moco.queue_size={mc.queue_size} is smaller than batch_size={config.batch_size}; "
+                "raise --config.moco.queue_size.")
+        if config.batch_size % mc.bn_groups:
+            raise ConfigError(
+                f"batch_size={config.batch_size} does not split into moco.bn_groups="
+                f"{mc.bn_groups} BatchNorm groups; set --config.moco.bn_groups to a divisor.")
+        dtype = base.compute_dtype(config.model.dtype)
+        p = config.projector
+        head = models.MLP(hidden_dims=tuple(p.hidden_dims), out_dim=p.out_dim, use_bn=p.use_bn,
+                          last_bn=p.last_bn, dtype=dtype)
+        self.model = EncoderWithHead(backbone=base.build_backbone(config.model), head=head)
+
+    # -- the model ------------------------------------------------------------------------
+    def init_model(self, rng, batch):
+        model_rng, queue_rng = jax.random.split(rng)
+        variables = self.model.init(model_rng, batch["views"][:, 0], train=False)
+        return self.init_state(variables, queue_rng)
+
+    def init_state(self, variables, queue_rng):
+        """``(params, state)``: the key encoder a copy of the query encoder, a random queue."""
+        params = variables["params"]
+        mc = self.config.moco
+        # The official queue starts as random unit vectors; the key encoder as a copy.
+        queue = l2_normalize(jax.random.normal(queue_rng, (mc.queue_size,
+                                                           self.config.projector.out_dim)))
+        state = {"batch_stats": variables["batch_stats"],
+                 "key": {"params": jax.tree.map(jnp.copy, params),
+                         "batch_stats": jax.tree.map(jnp.copy, variables["batch_stats"])},
+                 "queue": queue, "queue_ptr": jnp.zeros((), jnp.int32)}
+        return params, state
+
+    def _apply(self, params, **kwargs):
+        def fn(batch_stats, x):
+            out, updates = self.model.apply({"params": params, "batch_stats": batch_stats}, x,
+                                            train=True, mutable=["batch_stats"], **kwargs)
+            return out, updates["batch_stats"]
+        return fn
+
+    def encode_queries(self, params, batch_stats, x):
+        """``((features, q), batch_stats)``: the query encoder, BN per group in batch order."""
+        return group_apply(self._apply(params), batch_stats, x, self.config.moco.bn_groups)
+
+    def encode_keys(self, key_vars, x, rng, *, shuffle: bool | None = None):
+        """``(k, batch_stats)``: the key encoder under shuffled, grouped BatchNorm.
+
+        With ``shuffle`` (default ``moco.shuffle_bn``) the batch is permuted by
+        :func:`key_permutation` of ``rng`` before the grouping and the keys are put back in
+        the order of ``x``.
+        """
+        mc = self.config.moco
+        shuffle = mc.shuffle_bn if shuffle is None else shuffle
+        if shuffle:
+            perm = key_permutation(rng, x.shape[0])
+            x = x[perm]
+        (_, k), batch_stats = group_apply(self._apply(key_vars["params"]), key_vars["batch_stats"],
+                                          x, mc.bn_groups)
+        if shuffle:
+            k = jnp.zeros_like(k).at[perm].set(k)  # un-shuffle: row perm[i] came from x[perm[i]]
+        return jax.lax.stop_gradient(k.astype(jnp.float32)), batch_stats
+
+    # -- the objective --------------------------------------------------------------------
+    def contrast(self, params, state, batch, rng):
+        """The instance InfoNCE, its metrics, the query features, the keys and the new state
+        (shared with InfoMin)."""
+        views = batch["views"]
+        (features, q), batch_stats = self.encode_queries(params, state["batch_stats"], views[:, 0])
+        k, key_stats = self.encode_keys(state["key"], views[:, 1], rng)
+        queue = state["queue"]  # before this step's keys: the negatives
+        loss = losses.infonce(q, k, temperature=self.config.moco.temperature, queue=queue)
+        acc = contrast_accuracy(jax.lax.stop_gradient(q), k, queue)
+        new_queue, ptr = enqueue(queue, state["queue_ptr"], l2_normalize(k))
+        new_state = dict(state, batch_stats=batch_stats,
+                         key=dict(state["key"], batch_stats=key_stats),
+                         queue=new_queue, queue_ptr=ptr)
+        return loss, {"instance_acc": acc}, features, k, new_state
+
+    def loss(self, params, state, batch, rng, step):
+        del step
+        loss, metrics, features, _, state = self.contrast(params, state, batch, rng)
+        return loss, base.LossOutput(state=state, metrics=metrics,
+                                     features=jax.lax.stop_gradient(features))
+
+    def after_update(self, params, state, step):
+        del step
+        key = dict(state["key"], params=ema(state["key"]["params"], params,
+                                           self.config.moco.momentum))
+        return dict(state, key=key)
+
+    def embed(self, params, state, images):
+        return self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
+                                method=EncoderWithHead.features)
+
+
+def contrast_accuracy(q: jax.Array, k: jax.Array, queue: jax.Array) -> jax.Array:
+    """Fraction of queries whose positive logit beats every negative (PyContrast's ``acc``)."""
+    qn, kn, neg = l2_normalize(q), l2_normalize(k), l2_normalize(queue)
+    pos = jnp.sum(qn * kn, axis=-1)
+    return jnp.mean(pos > jnp.max(qn @ neg.T, axis=-1))
