@@ -287,13 +287,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     # ---- Evaluation ----------------------------------------------------------------------
     eval_start = time.time()
-    if info.in_memory:
-        results = evaluate_encoder(config, method, ts, mesh, info)
-    else:
-        logger.warning("Offline kNN and linear probes need an in-memory dataset; %s is streamed, "
-                       "so results.json holds the online probe only.", config.data.name)
-        results = ({"online_probe_top1": round(100 * float(metrics["probe_top1"]), 2)}
-                   if metrics is not None else {})
+    results = evaluate_encoder(config, method, ts, mesh, info)
+    if metrics is not None:
+        results["online_probe_top1"] = round(100 * float(metrics["probe_top1"]), 2)
     results.update(method=config.method, steps=total_steps, train_time_s=round(train_time, 1),
                    eval_time_s=round(time.time() - eval_start, 1))
     if is_main:
@@ -306,16 +302,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
 
 def evaluate_encoder(config, method, ts, mesh, info) -> dict:
-    """kNN and linear-probe top-1 (%) of the trained encoder, a random one and raw pixels."""
+    """kNN and linear-probe top-1 (%) of the trained encoder, a random one and raw pixels.
+
+    Datasets held in memory are scored whole (or the first ``eval.train_examples`` training
+    examples); streamed datasets (ImageNet) are read once through tf.data, the training split
+    capped at ``eval.train_examples`` (default 100,000) so the features fit in host memory,
+    and have no raw-pixel baseline (224 x 224 x 3 pixels are not a useful linear probe).
+    """
     ec = config.eval
-    train_images, train_labels = data.load_arrays(config.data.name,
-                                                  config.data.train_split or info.train_split,
-                                                  data_dir=config.data.data_dir)
-    test_images, test_labels = data.load_arrays(config.data.name,
-                                                config.data.test_split or info.test_split,
-                                                data_dir=config.data.data_dir)
-    if ec.train_examples > 0:
-        train_images, train_labels = train_images[:ec.train_examples], train_labels[:ec.train_examples]
+    train_split = config.data.train_split or info.train_split
+    test_split = config.data.test_split or info.test_split
+    if info.in_memory:
+        train_images, train_labels = data.load_arrays(config.data.name, train_split,
+                                                      data_dir=config.data.data_dir)
+        test_images, test_labels = data.load_arrays(config.data.name, test_split,
+                                                    data_dir=config.data.data_dir)
+        if ec.train_examples > 0:
+            train_images, train_labels = (train_images[:ec.train_examples],
+                                          train_labels[:ec.train_examples])
+        image_shape = train_images.shape[1:]
+    else:
+        stream_train_examples = ec.train_examples if ec.train_examples > 0 else 100_000
+        logger.info("Streaming %s for evaluation: %d training examples for the probes, every "
+                    "%s example scored.", config.data.name, stream_train_examples, test_split)
+        image_shape = (config.data.image_size, config.data.image_size, info.image_shape[-1])
 
     def score(prefix: str, train_x, train_y, test_x, test_y, logits: list | None = None) -> dict:
         t0 = time.time()
@@ -355,9 +365,21 @@ def evaluate_encoder(config, method, ts, mesh, info) -> dict:
 
     def features_of(params, state):
         embed = lambda x: method.embed_named(params, state, x)  # noqa: E731
-        kw = dict(mesh=mesh, batch_size=ec.batch_size, mean=info.mean, std=info.std)
-        return (evaluate.extract_features(embed, train_images, train_labels, **kw),
-                evaluate.extract_features(embed, test_images, test_labels, **kw))
+        batch_size = ec.batch_size - ec.batch_size % mesh.devices.size
+        if info.in_memory:
+            kw = dict(mesh=mesh, batch_size=batch_size, mean=info.mean, std=info.std)
+            return (evaluate.extract_features(embed, train_images, train_labels, **kw),
+                    evaluate.extract_features(embed, test_images, test_labels, **kw))
+
+        def stream(split, max_examples):
+            return data.make_tfds_eval_stream(
+                config.data.name, split, batch_size=batch_size, image_size=config.data.image_size,
+                mean=info.mean, std=info.std, data_dir=config.data.data_dir,
+                max_examples=max_examples)
+
+        return (evaluate.features_of_batches(embed, stream(train_split, stream_train_examples),
+                                             mesh=mesh),
+                evaluate.features_of_batches(embed, stream(test_split, 0), mesh=mesh))
 
     results = {}
     t0 = time.time()
@@ -368,12 +390,13 @@ def evaluate_encoder(config, method, ts, mesh, info) -> dict:
     # multi-exit networks, the backbone's (the first feature set).
     results["effective_rank"] = round(evaluate.effective_rank(next(iter(te_f.values()))), 2)
     if ec.baselines:
-        example = {"views": jnp.zeros((1, 1) + train_images.shape[1:], jnp.float32)}
+        example = {"views": jnp.zeros((1, 1) + tuple(image_shape), jnp.float32)}
         params, state = jax.jit(method.init_model)(init_key(config.seed + 1), example)
         (tr_f, tr_y), (te_f, te_y) = features_of(params, state)
         results.update(score_named("random_encoder_", tr_f, tr_y, te_f, te_y))
         results["random_encoder_effective_rank"] = round(
             evaluate.effective_rank(next(iter(te_f.values()))), 2)
+    if ec.baselines and info.in_memory:
         norm = lambda x: (x.astype(np.float32) / 255.0 - np.asarray(info.mean)) / np.asarray(info.std)  # noqa: E731
         results.update(score("raw_pixels_", norm(train_images).reshape(len(train_images), -1),
                              np.asarray(train_labels),

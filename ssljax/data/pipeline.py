@@ -24,6 +24,7 @@ __all__ = [
     "make_pretrain_dataset",
     "make_tfds_stream",
     "make_eval_batches",
+    "make_tfds_eval_stream",
     "to_global",
     "global_iterator",
 ]
@@ -385,6 +386,96 @@ def make_eval_batches(
             "label": np.where(mask, labels[index], 0).astype(np.int32),
             "mask": mask.astype(np.float32),
         }
+
+
+def _split_size(builder, split: str, read) -> int:
+    """Examples in ``split``: from the dataset's metadata, or counted where it has none."""
+    try:
+        return builder.info.splits[split].num_examples
+    except (KeyError, ValueError):
+        return int(read(split).reduce(0, lambda n, _: n + 1))
+
+
+def make_tfds_eval_stream(
+    name: str,
+    split: str,
+    *,
+    batch_size: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    data_dir: str | None = None,
+    max_examples: int = 0,
+    crop_fraction: float = 0.875,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Every example of a TFDS split too large for memory (ImageNet) once, in order.
+
+    The streamed counterpart of :func:`make_eval_batches`, for frozen-feature evaluation:
+    each process reads its own part of the split (``tfds.even_splits``, the split
+    ``tfds.split_for_jax_process`` makes), resizes the shorter side to
+    ``image_size / crop_fraction`` and centre-crops ``image_size`` (the usual ImageNet
+    evaluation transform). All processes yield the same number of batches; the last ones
+    are padded, and ``mask`` marks the real examples.
+
+    Args:
+      name, split: TFDS dataset and split, e.g. ``('imagenet2012', 'validation')``.
+      batch_size: global batch size (divisible by the process count).
+      image_size, mean, std: the evaluation resolution and normalisation.
+      data_dir: TFDS data directory.
+      max_examples: if > 0, only the first ``max_examples`` examples of the split.
+      crop_fraction: centre-crop fraction of the resized image.
+      process_index, process_count: default ``jax.process_index()`` / ``jax.process_count()``.
+
+    Yields:
+      ``{'image': float32 [b, S, S, 3], 'label': int32 [b], 'mask': float32 [b]}``.
+    """
+    import tensorflow_datasets as tfds
+
+    from ssljax.data.sources import DatasetNotFoundError
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    local = _local_batch(batch_size, process_count)
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+        if max_examples > 0:
+            split = f"{split}[:{max_examples}]"
+        parts = tfds.even_splits(split, n=process_count)
+        read = lambda part: builder.as_dataset(  # noqa: E731
+            split=part, shuffle_files=False, decoders={"image": tfds.decode.SkipDecoding()})
+        counts = [_split_size(builder, part, read) for part in parts]
+        ds = read(parts[process_index])
+    except (tfds.core.DatasetNotFoundError, AssertionError, FileNotFoundError) as e:
+        where = data_dir or "~/tensorflow_datasets"
+        raise DatasetNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in {where}; run "
+            f"`tfds build {name} --data_dir={where}` first.") from e
+    num_batches = -(-max(counts) // local)
+    resize_to = int(round(image_size / crop_fraction))
+
+    @tf.autograph.experimental.do_not_convert
+    def preprocess(example):
+        image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+        image = tf.cast(image, tf.float32) / 255.0
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = resize_to / tf.reduce_min(shape)
+        new = tf.cast(tf.math.round(shape * scale), tf.int32)
+        new = tf.maximum(new, image_size)
+        image = tf.image.resize(image, new, method="bilinear", antialias=True)
+        image = tf.image.crop_to_bounding_box(image, (new[0] - image_size) // 2,
+                                              (new[1] - image_size) // 2, image_size, image_size)
+        return {"image": _normalize(image, mean, std),
+                "label": tf.cast(example["label"], tf.int32), "mask": tf.constant(1.0)}
+
+    pad = num_batches * local - counts[process_index]
+    padding = tf.data.Dataset.from_tensors({
+        "image": tf.zeros([image_size, image_size, 3], tf.float32),
+        "label": tf.constant(0, tf.int32), "mask": tf.constant(0.0)}).repeat(pad)
+    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.concatenate(padding).batch(local).prefetch(tf.data.AUTOTUNE)
+    yield from ds.as_numpy_iterator()
 
 
 def to_global(batch: dict[str, Any], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
