@@ -198,6 +198,17 @@ def write_table(args, runs: dict, speed: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(path: str, table: str) -> None:
+    """Write the table, keeping a hand-written ``## Notes`` section of an earlier file."""
+    notes = ""
+    if os.path.exists(path):
+        old = open(path).read()
+        if "\n## Notes" in old:
+            notes = "\n" + old[old.index("\n## Notes") + 1:]
+    with open(path, "w") as f:
+        f.write(table + notes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -261,8 +272,7 @@ def main() -> None:
                 result["trainer_images_per_sec"] = rates[-1]
             runs[name][seed] = result
             table = write_table(args, runs, speed, command)
-            with open(args.out, "w") as f:  # rewritten after each run: partial tables survive
-                f.write(table)
+            save(args.out, table)  # rewritten after each run: partial tables survive
     print(table)
 
 
