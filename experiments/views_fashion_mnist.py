@@ -28,6 +28,8 @@ _METHODS = flags.DEFINE_list("methods", "moco,byol,infomin,simclr", "Methods, in
 _TRAIN_EXAMPLES = flags.DEFINE_integer("train_examples", 10000,
                                        "Training images the probes fit on (-1: all 60,000).")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/views_fmnist", "Runs and results.jsonl.")
+_REPORT_ONLY = flags.DEFINE_bool("report_only", False,
+                                 "Write the table from the finished runs; train nothing.")
 _REPORT = flags.DEFINE_string("report", "experiments/views_fashion_mnist.md", "Markdown table.")
 
 
@@ -101,7 +103,7 @@ def main(argv):
     steps = _STEPS.value
     for seed in (int(s) for s in _SEEDS.value):  # seed-major: partial runs cover every method
         for method in _METHODS.value:
-            if (method, seed, steps) in done_runs(jsonl):
+            if (method, seed, steps) in done_runs(jsonl) or _REPORT_ONLY.value:
                 continue
             cfg = load_config(method)
             cfg.seed = seed
