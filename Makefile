@@ -30,7 +30,7 @@ run: install
 
 test: install
 	$(PY) -m pytest -n 2 --dist loadfile -q tests
-	$(PY) -m pytest -q --doctest-modules ssljax/losses ssljax/evaluate
+	$(PY) -m pytest -q --doctest-modules ssljax/losses ssljax/evaluate ssljax/methods/selfcon.py
 
 test-slow: install
 	$(PY) -m pytest -m slow -q

@@ -75,6 +75,9 @@ def make_config(method: str, args, seed: int):
     c.checkpoint_every = args.steps
     c.log_every = max(args.steps // 10, 1)
     c.eval.baselines = False
+    # Warm-up as a share of the budget (the config's 0.1 epoch would be most of a short run).
+    num_train = args.train_examples if args.tiny else 60000
+    c.optimizer.warmup_epochs = args.warmup * args.steps / (num_train // args.batch)
     c.eval.train_examples = args.eval_train_examples
     if args.tiny:
         set_fields(c, {"data.train_split": f"train[:{args.train_examples}]",
@@ -147,7 +150,8 @@ def write_table(args, runs: dict, speed: dict, command: str) -> str:
         f"({args.steps * args.batch / 60000:.2f} epochs of {data_note}), "
         f"{c.model.name} width {c.model.width} with a stride-{c.model.stem_stride} 3x3 stem on "
         f"{c.data.image_size}x{c.data.image_size} images, SGD (momentum {o.momentum}, "
-        f"lr {o.lr}, wd {o.weight_decay}, {o.warmup_epochs} warm-up epochs, cosine), "
+        f"lr {o.lr}, wd {o.weight_decay}, linear warm-up over the first "
+        f"{round(args.warmup * args.steps)} steps, then cosine to {o.final_lr_ratio} x lr), "
         f"T = {c.loss.temperature}, sub-network exit after stage "
         f"{', '.join(map(str, c.model.exits))} (kind `{c.model.exit_kind}`), heads "
         f"Linear-ReLU-Linear to {c.projector.out_dim}. "
@@ -198,6 +202,17 @@ def write_table(args, runs: dict, speed: dict, command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def save(path: str, table: str) -> None:
+    """Write the table, keeping a hand-written ``## Notes`` section of an earlier file."""
+    notes = ""
+    if os.path.exists(path):
+        old = open(path).read()
+        if "\n## Notes" in old:
+            notes = "\n" + old[old.index("\n## Notes") + 1:]
+    with open(path, "w") as f:
+        f.write(table + notes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -208,6 +223,8 @@ def main() -> None:
     parser.add_argument("--workdir", default=os.path.join(REPO, "runs", "selfcon_fmnist"))
     parser.add_argument("--out", default=os.path.join(REPO, "experiments",
                                                       "selfcon_fashion_mnist.md"))
+    parser.add_argument("--warmup", type=float, default=0.1,
+                        help="linear warm-up over this fraction of the steps")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--bench-steps", type=int, default=5)
     parser.add_argument("--tiny", action="store_true",
@@ -219,6 +236,7 @@ def main() -> None:
     command = (f"python experiments/selfcon_fashion_mnist.py --steps {args.steps} "
                f"--batch {args.batch} --seeds {' '.join(map(str, args.seeds))}"
                + (f" --methods {' '.join(args.methods)}" if args.methods != list(METHODS) else "")
+               + (f" --warmup {args.warmup}" if args.warmup != 0.1 else "")
                + (f" --eval-train-examples {args.eval_train_examples}"
                   if args.eval_train_examples > 0 else "")
                + (" --tiny" if args.tiny else ""))
@@ -261,8 +279,7 @@ def main() -> None:
                 result["trainer_images_per_sec"] = rates[-1]
             runs[name][seed] = result
             table = write_table(args, runs, speed, command)
-            with open(args.out, "w") as f:  # rewritten after each run: partial tables survive
-                f.write(table)
+            save(args.out, table)  # rewritten after each run: partial tables survive
     print(table)
 
 

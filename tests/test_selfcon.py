@@ -396,8 +396,11 @@ CLI_TINY = ["--config.data.train_split=train[:128]", "--config.data.test_split=t
 
 @pytest.mark.parametrize("name", ["selfcon", "supcon", "ce", "subnet_ce"])
 def test_cli_trains_and_evaluates(name, tmp_path):
+    # Compilation dominates a tiny run: compile without the expensive optimisation passes
+    # (as the loss tests do), and share compiled programs (probes, kNN) between the methods.
+    fast = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
     env = dict(os.environ, SSLJAX_XLA_CACHE=os.path.join(REPO, ".pytest_cache", "xla_cli"),
-               PYTHONPATH=REPO)
+               PYTHONPATH=REPO, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} {fast}".strip())
     proc = subprocess.run(
         [sys.executable, "-m", "ssljax.main", f"--config=configs/{name}.py:fashion_mnist",
          f"--workdir={tmp_path}", *CLI_TINY],

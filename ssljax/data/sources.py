@@ -81,6 +81,10 @@ _INFOS = {
             name="fashion_mnist", num_classes=10, image_shape=(28, 28, 1),
             mean=(0.2860,), std=(0.3530,), num_train=60_000, num_test=10_000,
             num_pretrain=60_000),
+        DatasetInfo(  # ssljax.data.coloured: Fashion-MNIST tinted with random colours
+            name="coloured_fashion_mnist", num_classes=10, image_shape=(28, 28, 3),
+            mean=(0.1974, 0.1974, 0.1974), std=(0.2813, 0.2813, 0.2813), num_train=60_000,
+            num_test=10_000, num_pretrain=60_000),
         DatasetInfo(
             name="cifar10", num_classes=10, image_shape=(32, 32, 3),
             mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
@@ -269,6 +273,15 @@ def load_arrays(
         raise ValueError(
             f"{name} is too large for memory; stream it with "
             "ssljax.data.pipeline.make_tfds_stream instead.")
+    if name == "coloured_fashion_mnist":
+        from ssljax.data import coloured
+        sizes = {"train": info.num_train, "test": info.num_test}
+        parts = parse_split(split, sizes)
+
+        def load(s):
+            gray, labels = load_arrays("fashion_mnist", s, data_dir=data_dir)
+            return coloured.tint(gray, coloured.tint_colours(s, len(gray))), labels
+        return _slice_and_concat(parts, load)
     if name != "fashion_mnist":
         return _tfds_load_arrays(name, split, data_dir)
 

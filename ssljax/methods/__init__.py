@@ -45,5 +45,6 @@ from ssljax.methods import subnet_ce  # noqa: E402,F401
 from ssljax.methods import moco  # noqa: E402,F401
 from ssljax.methods import byol  # noqa: E402,F401
 from ssljax.methods import infomin  # noqa: E402,F401
+from ssljax.methods import view_learning  # noqa: E402,F401
 
 __all__ = ["LossOutput", "Method", "TrainState", "available", "get_method", "register"]

@@ -59,7 +59,7 @@ def selfcon_loss(z: jax.Array, z_exits: Sequence[jax.Array], labels: jax.Array |
     >>> z = jnp.array([[1.0, 0.0], [0.0, 1.0]]); sub = jnp.array([[0.8, 0.6], [0.6, 0.8]])
     >>> loss, _ = selfcon_loss(z, [sub], jnp.array([0, 1]), num_views=1, temperature=0.1)
     >>> print(f"{loss:.4f}")
-    0.3039
+    1.3811
     """
     if anchors not in ANCHORS:
         raise ValueError(f"selfcon anchors must be one of {ANCHORS}; got {anchors!r}.")
