@@ -175,7 +175,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                       augment=augment_configs(config.data), seed=config.seed,
                       image_size=config.data.image_size, mean=info.mean, std=info.std,
                       start_step=start_step, process_index=jax.process_index(),
-                      process_count=jax.process_count())
+                      process_count=jax.process_count(),
+                      mask=data.mask_config_from(config.data.get("mask")))
         if info.in_memory:
             return data.make_pretrain_dataset(pretrain_images, pretrain_labels, **common)
         return data.make_tfds_stream(config.data.name, pretrain_split,
