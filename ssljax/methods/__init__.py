@@ -38,5 +38,6 @@ from ssljax.methods import metamask  # noqa: E402,F401
 from ssljax.methods import barlow_twins  # noqa: E402,F401
 from ssljax.methods import vicreg  # noqa: E402,F401
 from ssljax.methods import corinfomax  # noqa: E402,F401
+from ssljax.methods import mrcl  # noqa: E402,F401
 
 __all__ = ["LossOutput", "Method", "TrainState", "available", "get_method", "register"]

@@ -1,7 +1,10 @@
-"""Flax Linen models: ResNet backbones and projector / predictor / classifier heads."""
+"""Flax Linen models: ResNet and ViT backbones, projector / predictor / classifier heads,
+reconstruction decoders."""
 
+from ssljax.models.decoder import ConvDecoder, TransformerDecoder
 from ssljax.models.heads import MLP, LinearClassifier
 from ssljax.models.resnet import ResNet, ResNetStage, ResNetStem, feature_dim, resnet
+from ssljax.models.vit import VIT_CONFIGS, ViT, keep_indices, vit
 
 __all__ = [
     "ResNet",
@@ -11,4 +14,10 @@ __all__ = [
     "feature_dim",
     "MLP",
     "LinearClassifier",
+    "ViT",
+    "vit",
+    "keep_indices",
+    "VIT_CONFIGS",
+    "ConvDecoder",
+    "TransformerDecoder",
 ]
