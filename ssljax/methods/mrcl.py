@@ -223,9 +223,12 @@ class MRCL(base.Method):
         decode_views = self._decode_views(views.shape[1])
         b, _, size = views.shape[:3]
         grid = size // self.patch
+        if masks is None and self.config.mrcl.rec_on == "masked":
+            raise ValueError("The batch has no 'masks': build the pipeline with data.mask "
+                             "(ssljax.data.mask_config_from(config.data.mask)).")
         terms = []
         for pred, v in zip(recon, decode_views):
-            if self.config.mrcl.rec_on == "all" or masks is None:
+            if self.config.mrcl.rec_on == "all":
                 weights = jnp.ones((b, grid, grid), jnp.float32)
             else:
                 weights = masks[:, v]
