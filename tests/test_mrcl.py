@@ -340,7 +340,9 @@ def test_eight_devices_equal_one_device(case):
     if case == "resnet_infonce":
         st1, st8 = one["final"].state, eight["final"].state
         assert int(st1["queue_ptr"]) == (NUM_STEPS * 16) % 64
-        np.testing.assert_allclose(st8["queue"], st1["queue"], rtol=1e-4, atol=1e-6)
+        # Normalised keys agree to float32 summation-order noise; a sharding bug (keys of one
+        # shard, or out of order) moves entries by ~0.1.
+        np.testing.assert_allclose(st8["queue"], st1["queue"], atol=2e-4)
         np.testing.assert_allclose(np.linalg.norm(st1["queue"][:NUM_STEPS * 16], axis=1), 1.0,
                                    rtol=1e-5)
         # The key encoder is the EMA of the online one: it moved, but less.
