@@ -43,6 +43,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.stem_stride = 1
     c.model.zero_init_residual = False
     c.model.dtype = "float32"  # 'bfloat16' for mixed precision (params and loss stay float32)
+    # ViT backbones (model.name 'vit_tiny' | 'vit_small' | 'vit_base'): patch side, pooling.
+    c.model.patch_size = 4
+    c.model.pool = "cls"  # or 'mean'
 
     c.batch_size = 256  # global, over all devices and hosts
     c.num_epochs = 100
@@ -87,6 +90,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.linear_decay_rate = 0.1
     c.eval.baselines = True  # also score a random encoder and raw pixels with the same code
     c.eval.train_examples = -1  # > 0: use only the first N training examples for the probes
+    # Dense probe (ssljax.evaluate.segmentation): a linear 1x1 head on frozen feature maps
+    # segmenting Fashion-MNIST garments by class; scored by mean IoU into results.json.
+    c.eval.segmentation = False
+    c.eval.segmentation_stages = ("stage3", "stage4")  # ResNet maps (a ViT gives its tokens)
+    c.eval.segmentation_threshold = 0.1  # foreground: pixel > threshold * 255
+    c.eval.segmentation_epochs = 10
+    c.eval.segmentation_lr = 1e-2
+    c.eval.segmentation_train_examples = 10000
     return c
 
 

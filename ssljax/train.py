@@ -184,7 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                       augment=augment_configs(config.data), seed=config.seed,
                       image_size=config.data.image_size, mean=info.mean, std=info.std,
                       start_step=start_step, process_index=jax.process_index(),
-                      process_count=jax.process_count(), jigsaw=jigsaw_config(config.data))
+                      process_count=jax.process_count(), jigsaw=jigsaw_config(config.data),
+                      mask=data.mask_config_from(config.data.get("mask")))
         if info.in_memory:
             return data.make_pretrain_dataset(pretrain_images, pretrain_labels, **common)
         return data.make_tfds_stream(config.data.name, pretrain_split,
@@ -401,4 +402,27 @@ def evaluate_encoder(config, method, ts, mesh, info) -> dict:
         results.update(score("raw_pixels_", norm(train_images).reshape(len(train_images), -1),
                              np.asarray(train_labels),
                              norm(test_images).reshape(len(test_images), -1), np.asarray(test_labels)))
+    if ec.get("segmentation", False):
+        results.update(segmentation_scores(config, method, ts, mesh, info, train_images,
+                                           train_labels, test_images, test_labels))
     return results
+
+
+def segmentation_scores(config, method, ts, mesh, info, train_images, train_labels, test_images,
+                        test_labels) -> dict:
+    """The optional dense probe (``eval.segmentation``): Fashion-MNIST segmentation mIoU (%)."""
+    from ssljax.evaluate import segmentation
+    if config.data.name != "fashion_mnist":
+        raise ConfigError(f"The segmentation probe is built from Fashion-MNIST, not "
+                          f"{config.data.name}; set --config.eval.segmentation=False.")
+    ec = config.eval
+    t0 = time.time()
+    out = segmentation.evaluate_segmentation(
+        lambda x: method.feature_maps(ts.params, ts.state, x), train_images, train_labels,
+        test_images, test_labels, mesh=mesh, batch_size=ec.batch_size, mean=info.mean,
+        std=info.std, num_classes=info.num_classes, threshold=ec.segmentation_threshold,
+        epochs=ec.segmentation_epochs, lr=ec.segmentation_lr,
+        train_examples=ec.segmentation_train_examples, seed=config.seed)
+    logger.info("Segmentation probe: mIoU %.2f%%, pixel accuracy %.2f%% (%.0fs)",
+                out["segmentation_miou"], out["segmentation_pixel_acc"], time.time() - t0)
+    return out

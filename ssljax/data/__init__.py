@@ -12,6 +12,7 @@ except RuntimeError:  # TF already initialised by the caller
     pass
 
 from ssljax.data.augment import AugmentConfig, augment_batch  # noqa: E402
+from ssljax.data.masking import MaskConfig, mask_config_from, num_masked  # noqa: E402
 from ssljax.data.pipeline import (  # noqa: E402
     configure_tf,
     global_iterator,
@@ -32,6 +33,7 @@ __all__ = [
     "AugmentConfig",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "MaskConfig",
     "augment_batch",
     "configure_tf",
     "dataset_info",
@@ -41,5 +43,7 @@ __all__ = [
     "make_tfds_eval_stream",
     "make_pretrain_dataset",
     "make_tfds_stream",
+    "mask_config_from",
+    "num_masked",
     "to_global",
 ]

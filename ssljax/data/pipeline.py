@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from ssljax.data import augment as aug
+from ssljax.data import masking
 
 __all__ = [
     "configure_tf",
@@ -31,7 +32,7 @@ __all__ = [
 
 _TF_THREADS: int | None = None
 # Streams derived from the user's seed; distinct tags keep them independent.
-_PERM_TAG, _AUG_TAG, _CROP_TAG = 1, 2, 3
+_PERM_TAG, _AUG_TAG, _CROP_TAG, _MASK_TAG = 1, 2, 3, 4
 _JIGSAW_TAG = 1_000_003  # folded in after the example index, where views fold 0..V-1
 
 
@@ -139,6 +140,7 @@ def make_pretrain_dataset(
     process_index: int = 0,
     process_count: int = 1,
     jigsaw: Any = None,
+    mask: masking.MaskConfig | None = None,
 ) -> tf.data.Dataset:
     """Infinite dataset of multi-view batches, one element per training step.
 
@@ -162,9 +164,13 @@ def make_pretrain_dataset(
       process_index, process_count: this process and how many read.
       jigsaw: an ``infomin_aug.JigsawConfig`` adds a PIRL jigsaw view of each example,
         ``'jigsaw': float32 [b, 9, P, P, C]`` (normalised like the views).
+      mask: if given, each element also carries ``'masks'``: bool ``[b, V, S/p, S/p]``
+        patch masks (:mod:`ssljax.data.masking`), drawn for the global batch from
+        ``(seed, s)``.
 
     Returns:
-      A ``tf.data.Dataset`` of ``{'views': float32 [b, V, S, S, C], 'label': int32 [b]}``.
+      A ``tf.data.Dataset`` of ``{'views': float32 [b, V, S, S, C], 'label': int32 [b]}``
+      (plus ``'masks'`` with ``mask``).
 
     >>> x = np.zeros([8, 28, 28, 1], np.uint8); y = np.arange(8)
     >>> ds = make_pretrain_dataset(x, y, global_batch_size=4, num_views=2,
@@ -192,7 +198,10 @@ def make_pretrain_dataset(
     base = tf.constant([seed, 0], tf.int64)
     perm_seed = aug.fold_seed(base, _PERM_TAG)
     aug_seed = aug.fold_seed(base, _AUG_TAG)
+    mask_seed = aug.fold_seed(base, _MASK_TAG)
     lo = process_index * local
+    if mask is not None:
+        mask.grid(image_size)  # a patch size that does not divide the image fails here
 
     @tf.autograph.experimental.do_not_convert  # plain Python control flow; faster tracing
     def make_batch(step):
@@ -208,6 +217,10 @@ def make_pretrain_dataset(
         if jigsaw is not None:
             out["jigsaw"] = _jigsaw_view(local_images, aug.fold_seed(aug_seed, step),
                                          global_batch_size, lo, jigsaw, mean, std)
+        if mask is not None:
+            masks = masking.sample_masks(aug.fold_seed(mask_seed, step), global_batch_size,
+                                         num_views, image_size, mask)
+            out["masks"] = masks[lo:lo + local]
         return out
 
     ds = tf.data.Dataset.counter(start_step, dtype=tf.int64)
@@ -232,6 +245,7 @@ def make_tfds_stream(
     process_count: int | None = None,
     shuffle_buffer: int = 10_000,
     jigsaw: Any = None,
+    mask: masking.MaskConfig | None = None,
 ) -> tf.data.Dataset:
     """Infinite multi-view stream from a TFDS dataset too large for memory (ImageNet).
 
@@ -251,9 +265,11 @@ def make_tfds_stream(
       process_index, process_count: default ``jax.process_index()`` / ``jax.process_count()``.
       shuffle_buffer: examples in the shuffle buffer per process.
       jigsaw: as for :func:`make_pretrain_dataset`.
+      mask: as for :func:`make_pretrain_dataset` (masks drawn per process and batch).
 
     Returns:
-      A ``tf.data.Dataset`` of ``{'views': float32 [b, V, S, S, 3], 'label': int32 [b]}``.
+      A ``tf.data.Dataset`` of ``{'views': float32 [b, V, S, S, 3], 'label': int32 [b]}``
+      (plus ``'masks'`` with ``mask``).
     """
     import tensorflow_datasets as tfds
 
@@ -314,6 +330,9 @@ def make_tfds_stream(
         out = {"views": _normalize(tf.stack(views, axis=1), mean, std), "label": label}
         if jigsaw is not None:
             out["jigsaw"] = batch[2]
+        if mask is not None:
+            out["masks"] = masking.sample_masks(aug.fold_seed(base, _MASK_TAG, step), local,
+                                                num_views, image_size, mask)
         return out
 
     ds = ds.map(decode_and_crop, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -46,5 +46,6 @@ from ssljax.methods import moco  # noqa: E402,F401
 from ssljax.methods import byol  # noqa: E402,F401
 from ssljax.methods import infomin  # noqa: E402,F401
 from ssljax.methods import view_learning  # noqa: E402,F401
+from ssljax.methods import mrcl  # noqa: E402,F401
 
 __all__ = ["LossOutput", "Method", "TrainState", "available", "get_method", "register"]

@@ -53,7 +53,7 @@ def apply_per_view(model: nn.Module, params: Any, state: Any, views: jax.Array,
     for v in range(views.shape[1]):
         (f, z), updates = model.apply({"params": params, "batch_stats": batch_stats},
                                       views[:, v], train=True, mutable=["batch_stats"])
-        batch_stats = updates["batch_stats"]
+        batch_stats = updates.get("batch_stats", batch_stats)  # none without BatchNorm (a ViT)
         features.append(f)
         projections.append(z.astype(jnp.float32))
     return features, projections, dict(state, batch_stats=batch_stats)
@@ -70,7 +70,7 @@ class TwoViewMethod(base.Method):
 
     def init_model(self, rng, batch):
         variables = self.model.init(rng, batch["views"][:, 0], train=False)
-        return variables["params"], {"batch_stats": variables["batch_stats"]}
+        return variables["params"], {"batch_stats": variables.get("batch_stats", {})}
 
     def project(self, params, state, views):
         """Per-view features and projections (the method's view of the model output)."""

@@ -54,7 +54,10 @@ def compute_dtype(name: str) -> jnp.dtype:
 
 
 def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
-    """The ResNet named by ``config.model``."""
+    """The ResNet or ViT named by ``config.model`` (``name``: ``resnet*`` or ``vit_*``)."""
+    if cfg.name.startswith("vit"):
+        return models.vit(cfg.name, patch_size=cfg.get("patch_size", 16),
+                          pool=cfg.get("pool", "cls"), dtype=compute_dtype(cfg.dtype))
     return models.resnet(cfg.name, width=cfg.width, stem=cfg.stem, stem_stride=cfg.stem_stride,
                          zero_init_residual=cfg.zero_init_residual,
                          dtype=compute_dtype(cfg.dtype))
@@ -103,6 +106,30 @@ class Method:
         :meth:`embed` alone.
         """
         return {"": self.embed(params, state, images)}
+
+    def feature_maps(self, params: PyTree, state: PyTree,
+                     images: jax.Array) -> tuple[jax.Array, ...]:
+        """Frozen-encoder feature maps ``[B, h, w, D]`` for dense probes (inference mode).
+
+        The default reads ``self.model.backbone``: the ResNet stages named by
+        ``config.eval.segmentation_stages``, or a ViT's patch tokens on their grid.
+        """
+        backbone = getattr(getattr(self, "model", None), "backbone", None)
+        if backbone is None:
+            raise NotImplementedError(f"Method {self.name!r} has no `model.backbone`; it must "
+                                      "define feature_maps() for the segmentation probe.")
+        stages = tuple(self.config.eval.get("segmentation_stages", ("stage4",)))
+
+        def maps(module, x):
+            if isinstance(module.backbone, models.ViT):
+                _, tokens = module.backbone(x, train=False, return_tokens=True)
+                g = x.shape[1] // module.backbone.patch_size
+                return (tokens.reshape(x.shape[0], g, -1, tokens.shape[-1]),)
+            _, out = module.backbone(x, train=False, return_stages=True)
+            return tuple(out[s].astype(jnp.float32) for s in stages)
+
+        return self.model.apply({"params": params, "batch_stats": state.get("batch_stats", {})},
+                                images, method=maps)
 
     def after_update(self, params: PyTree, state: PyTree, step: jax.Array) -> PyTree:
         """State updates that need the new parameters (EMA targets); identity by default."""

@@ -123,6 +123,8 @@ class MetaMask(base.Method):
                 f"--config.optimizer.nesterov=False (got {oc.name}, momentum {oc.momentum}, "
                 f"nesterov {oc.nesterov}).")
         dtype = base.compute_dtype(config.model.dtype)
+        if backbone is None and config.model.name.startswith("vit"):
+            backbone = base.build_backbone(config.model)
         if backbone is None:
             m = config.model
             backbone = models.resnet(m.name, width=m.width, stem=m.stem,

@@ -1,0 +1,174 @@
+"""Vision Transformer (Dosovitskiy et al., 2021) with MAE-style token dropping.
+
+The encoder of MAE (facebookresearch/mae ``models_mae.py``), written in Flax: a patch
+embedding (a ``p x p`` convolution of stride ``p``), fixed 2-D sine-cosine position
+embeddings, an optional class token, pre-norm transformer blocks (LayerNorm eps 1e-6,
+GELU MLP of ratio 4), a final LayerNorm. Given ``keep`` (indices of the visible patches),
+the masked patches' tokens are *dropped* before the first block, as in MAE: the encoder
+never sees them, and its cost falls with the mask ratio.
+
+Like :class:`ssljax.models.ResNet`, ``ViT(x, train=...)`` returns float32 pooled features
+``[B, feature_dim]``, so every method can use it as its backbone (``config.model.name``
+``'vit_tiny'``, ``'vit_small'`` or ``'vit_base'``; ``config.model.patch_size``,
+``config.model.pool``). Parameters are float32; ``dtype`` sets the compute dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["ViT", "TransformerBlock", "vit", "keep_indices", "sincos_pos_embed", "VIT_CONFIGS"]
+
+Dtype = Any
+
+# name -> (width, depth, heads), as in DeiT / timm.
+VIT_CONFIGS: dict[str, tuple[int, int, int]] = {
+    "vit_tiny": (192, 12, 3),
+    "vit_small": (384, 12, 6),
+    "vit_base": (768, 12, 12),
+}
+
+_dense_init = nn.initializers.xavier_uniform()  # MAE's _init_weights for nn.Linear
+
+
+def sincos_pos_embed(dim: int, grid_h: int, grid_w: int) -> np.ndarray:
+    """Fixed 2-D sine-cosine position embeddings ``[grid_h * grid_w, dim]`` (row-major).
+
+    Half the channels encode the row, half the column; each half is ``[sin, cos]`` of the
+    position times ``1 / 10000^(k / (dim/4))``, as MAE's ``get_2d_sincos_pos_embed``.
+
+    >>> sincos_pos_embed(8, 2, 3).shape
+    (6, 8)
+    """
+    if dim % 4:
+        raise ValueError(f"The ViT width {dim} must be a multiple of 4 for 2-D sin-cos embeddings.")
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4))
+
+    def embed_1d(pos):
+        out = np.outer(pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    rows, cols = np.meshgrid(np.arange(grid_h), np.arange(grid_w), indexing="ij")
+    return np.concatenate([embed_1d(rows), embed_1d(cols)], axis=1).astype(np.float32)
+
+
+def keep_indices(mask: jax.Array, num_masked: int) -> jax.Array:
+    """Indices ``[B, L - num_masked]`` of the visible patches, in ascending order.
+
+    Args:
+      mask: ``[B, L]`` (or ``[B, g, g]``), True / 1 for a masked patch; every row must mask
+        exactly ``num_masked`` patches (``ssljax.data.masking`` guarantees it).
+      num_masked: the static number of masked patches per image.
+
+    >>> import jax.numpy as jnp
+    >>> keep_indices(jnp.array([[True, False, False, True]]), 2).tolist()
+    [[1, 2]]
+    """
+    mask = mask.reshape(mask.shape[0], -1)
+    order = jnp.argsort(mask.astype(jnp.int32), axis=-1, stable=True)  # visible first
+    return order[:, : mask.shape[1] - num_masked]
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: ``x + MHSA(LN(x))``, then ``x + MLP(LN(x))``."""
+
+    dim: int
+    heads: int
+    mlp_ratio: float = 4.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)  # noqa: E731
+        y = norm("norm1")(x)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=self.heads, dtype=self.dtype, param_dtype=jnp.float32,
+            kernel_init=_dense_init, name="attn")(y, y)
+        x = x + y
+        y = norm("norm2")(x)
+        y = nn.Dense(int(self.dim * self.mlp_ratio), dtype=self.dtype, kernel_init=_dense_init,
+                     name="fc1")(y)
+        y = nn.Dense(self.dim, dtype=self.dtype, kernel_init=_dense_init,
+                     name="fc2")(nn.gelu(y, approximate=False))
+        return x + y
+
+
+class ViT(nn.Module):
+    """ViT encoder returning pooled features; drops masked tokens when given ``keep``.
+
+    ``__call__(x, *, train, keep=None, return_tokens=False)``: ``x`` is ``[B, H, W, C]``
+    with H and W divisible by ``patch_size``; ``keep`` ``[B, K]`` are the indices (row-major
+    over the patch grid) of the tokens the encoder sees. Returns float32 ``[B, dim]``:
+    the class token's output (``pool='cls'``) or the mean of the patch tokens
+    (``pool='mean'``, no class token); with ``return_tokens`` also the normalised patch
+    tokens ``[B, K, dim]`` (``K = L`` without ``keep``) in the order of ``keep``.
+
+    >>> import jax, jax.numpy as jnp
+    >>> model = ViT(dim=16, depth=1, heads=2, patch_size=4)
+    >>> x = jnp.ones((2, 8, 8, 1))
+    >>> params = model.init(jax.random.key(0), x, train=False)
+    >>> pooled, tokens = model.apply(params, x, train=False, keep=jnp.array([[0, 3], [1, 2]]),
+    ...                              return_tokens=True)
+    >>> pooled.shape, tokens.shape
+    ((2, 16), (2, 2, 16))
+    """
+
+    dim: int = 192
+    depth: int = 12
+    heads: int = 3
+    patch_size: int = 16
+    mlp_ratio: float = 4.0
+    pool: str = "cls"
+    dtype: Dtype = jnp.float32
+
+    @property
+    def feature_dim(self) -> int:
+        return self.dim
+
+    @nn.compact
+    def __call__(self, x, *, train: bool, keep: jax.Array | None = None,
+                 return_tokens: bool = False):
+        del train  # no dropout or BatchNorm: train and eval passes are the same
+        if self.pool not in ("cls", "mean"):
+            raise ValueError(f"Unknown ViT pool {self.pool!r}; use 'cls' or 'mean'.")
+        b, h, w, _ = x.shape
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"The ViT patch size {p} must divide the image size {h}x{w}; set "
+                             "--config.model.patch_size to a divisor.")
+        x = nn.Conv(self.dim, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                    param_dtype=jnp.float32, kernel_init=_dense_init, name="patch_embed")(
+                        jnp.asarray(x, self.dtype))
+        x = x.reshape(b, -1, self.dim)
+        x = x + sincos_pos_embed(self.dim, h // p, w // p).astype(self.dtype)
+        if keep is not None:
+            x = jnp.take_along_axis(x, keep[..., None].astype(jnp.int32), axis=1)
+        if self.pool == "cls":
+            # The class token's position embedding is zero (MAE), so it is the token itself.
+            cls = self.param("cls_token", nn.initializers.normal(0.02), (1, 1, self.dim))
+            x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, self.dim)), x], 1)
+        for i in range(self.depth):
+            x = TransformerBlock(self.dim, self.heads, self.mlp_ratio, self.dtype,
+                                 name=f"block{i}")(x)
+        x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
+        x = x.astype(jnp.float32)
+        tokens = x[:, 1:] if self.pool == "cls" else x
+        pooled = x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1)
+        return (pooled, tokens) if return_tokens else pooled
+
+
+def vit(name: str, **kwargs: Any) -> ViT:
+    """A named ViT (``'vit_tiny'``, ``'vit_small'``, ``'vit_base'``); ``kwargs`` set other fields.
+
+    >>> vit('vit_small', patch_size=4).feature_dim
+    384
+    """
+    if name not in VIT_CONFIGS:
+        raise ValueError(f"Unknown ViT {name!r}; valid names: {sorted(VIT_CONFIGS)}.")
+    dim, depth, heads = VIT_CONFIGS[name]
+    return ViT(dim=dim, depth=depth, heads=heads, **kwargs)
