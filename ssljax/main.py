@@ -27,8 +27,12 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string("workdir", "runs/simclr_fashion_mnist",
                                "Directory for checkpoints, metrics and results; reused to resume.")
 
-EXIT_NONFINITE = 3
+# Exit statuses: 0 done; 2 bad input (config, dataset); 3 non-finite loss (the last good
+# checkpoint is kept); 75 preempted (SIGTERM): the checkpoint of the current step was saved,
+# run the same command again to resume (``ssljax.preemption.EXIT_PREEMPTED``).
 EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
+EXIT_PREEMPTED = 75
 
 
 def print_table(results: dict) -> None:
@@ -84,6 +88,9 @@ def main(argv):
     except train.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_NONFINITE)
+    except train.Preempted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     except (data.DatasetNotFoundError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from ssljax import checkpoint, data, evaluate, methods, optim, sharding
+from ssljax import checkpoint, data, evaluate, methods, optim, preemption, sharding
 from ssljax.config import ConfigError
 
 logger = logging.getLogger("ssljax")
@@ -29,6 +29,9 @@ logger = logging.getLogger("ssljax")
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when the loss becomes NaN or infinite; the last good checkpoint is kept."""
+
+
+Preempted = preemption.Preempted  # raised after SIGTERM, once the step's checkpoint is saved
 
 
 class MetricsWriter:
@@ -252,20 +255,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         _format_eta(eta) if done else "?")
             writer.write(step, {k: v for k, v in scalars.items() if math.isfinite(v)})
 
-        for step in range(first_step, last_step + 1):
-            ts, metrics = train_step(ts, next(batches), step_rng)
-            flush()
-            if step == first_step:
-                jax.block_until_ready(metrics)
-                first_done = time.time()
-                logger.info("First step (compilation included) took %.0fs.",
-                            first_done - train_start)
-            if step % config.log_every == 0 or step == last_step:
-                pending = (step, metrics)
-            if step % config.checkpoint_every == 0 or step == last_step:
+        # SIGTERM (preemption) lets the current step finish, then saves it and stops.
+        with preemption.PreemptionWatcher() as watcher:
+            for step in range(first_step, last_step + 1):
+                ts, metrics = train_step(ts, next(batches), step_rng)
                 flush()
-                check_finite(step, {"loss": float(metrics["loss"])})  # never save a NaN state
-                ckpt.save(step, ts, meta)
+                if step == first_step:
+                    jax.block_until_ready(metrics)
+                    first_done = time.time()
+                    logger.info("First step (compilation included) took %.0fs.",
+                                first_done - train_start)
+                preempted = watcher.reached(step)
+                if step % config.log_every == 0 or step == last_step or preempted:
+                    pending = (step, metrics)
+                if step % config.checkpoint_every == 0 or step == last_step or preempted:
+                    flush()
+                    check_finite(step, {"loss": float(metrics["loss"])})  # never save a NaN state
+                    ckpt.save(step, ts, meta)
+                if preempted and step < last_step:
+                    logger.warning("Preempted: saved step %d; exiting.", step)
+                    writer.close()
+                    ckpt.close()
+                    raise preemption.Preempted(step, ckpt.directory)
         flush()
     train_time = time.time() - train_start
 
