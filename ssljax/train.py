@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from etils import epath
 
 from ssljax import checkpoint, data, evaluate, methods, optim, preemption, sharding
 from ssljax.config import ConfigError
@@ -42,7 +43,7 @@ class MetricsWriter:
         self._tb = None
         if not self.enabled:
             return
-        self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+        self._jsonl = (epath.Path(workdir) / "metrics.jsonl").open("a")  # gs:// too
         try:
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -92,16 +93,18 @@ def init_key(seed: int) -> jax.Array:
 class CompiledStep:
     """A method's init and train step, jitted with the shardings of ``mesh``."""
 
-    def __init__(self, method, tx, probe_tx, schedule, mesh):
+    def __init__(self, method, tx, probe_tx, schedule, mesh, *, fsdp_min_size: int = 2 ** 14):
         self.method, self.tx, self.probe_tx, self.schedule = method, tx, probe_tx, schedule
         self.mesh = mesh
+        self.fsdp_min_size = fsdp_min_size
         self._init = lambda rng, batch: method.init(rng, batch, tx, probe_tx)
         self._state_sharding = None
 
     def abstract_state(self, example: dict) -> tuple[Any, Any]:
         """Shapes and shardings of the train state, from an example global batch."""
         abstract = jax.eval_shape(self._init, init_key(0), example)
-        self._state_sharding = sharding.state_sharding(self.mesh, abstract)
+        self._state_sharding = sharding.state_sharding(self.mesh, abstract,
+                                                       fsdp_min_size=self.fsdp_min_size)
         return abstract, self._state_sharding
 
     def init(self, rng: jax.Array, example: dict):
@@ -128,7 +131,8 @@ def build_step(config: ml_collections.ConfigDict, method, mesh, *, total_steps: 
                                    total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     tx = optim.make_optimizer(config.optimizer, schedule)
     probe_tx = optax.adam(config.eval.probe_lr)
-    return CompiledStep(method, tx, probe_tx, schedule, mesh)
+    fsdp_min_size = config.get("sharding", {}).get("fsdp_min_size", 2 ** 14)
+    return CompiledStep(method, tx, probe_tx, schedule, mesh, fsdp_min_size=fsdp_min_size)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -139,12 +143,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     run stopped early at ``config.stop_after_step``.
     """
     setup_start = time.time()
-    os.makedirs(workdir, exist_ok=True)
+    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local or gs:// directory
     is_main = jax.process_index() == 0
     data.configure_tf(config.data.tf_threads)
 
     # ---- Devices -------------------------------------------------------------------------
-    mesh = mesh or sharding.make_mesh()
+    mesh = mesh or sharding.make_mesh(fsdp=config.get("sharding", {}).get("fsdp", 1))
     sharding.check_batch_size(config.batch_size, mesh)
     batch_sharding = sharding.batch_sharding(mesh)
     logger.info("Mesh %s over %d devices (%d processes).", dict(mesh.shape), mesh.devices.size,
@@ -210,7 +214,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
 
     if is_main:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        with (epath.Path(workdir) / "config.json").open("w") as f:
             f.write(config.to_json_best_effort(indent=2))
     writer = MetricsWriter(workdir)
     meta = {"method": config.method, "total_steps": total_steps}
@@ -299,7 +303,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     results.update(method=config.method, steps=total_steps, train_time_s=round(train_time, 1),
                    eval_time_s=round(time.time() - eval_start, 1))
     if is_main:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
+        with (epath.Path(workdir) / "results.json").open("w") as f:
             json.dump(results, f, indent=2)
     writer.write(total_steps, {k: v for k, v in results.items() if k.endswith("top1")})
     writer.close()

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from helpers import read_metrics, tiny_config
+from helpers import config_flags, read_metrics, tiny_config
 from ssljax import checkpoint, main, preemption, sharding, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,14 +27,16 @@ def losses(workdir):
 
 
 def config(**overrides):
-    return tiny_config("simclr", **{"total_steps": TOTAL, **overrides})
+    # Stopping at TOTAL of TOTAL + 2 steps skips the final evaluation, which is not tested here.
+    return tiny_config("simclr", **{"total_steps": TOTAL + 2, "stop_after_step": TOTAL,
+                                    **overrides})
 
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """An uninterrupted run: the reference for every resumed one."""
     workdir = str(tmp_path_factory.mktemp("straight"))
-    train.train_and_evaluate(config(**{"eval.linear_epochs": 1}), workdir,
+    train.train_and_evaluate(config(), workdir,
                              mesh=sharding.make_mesh(1))
     return losses(workdir)
 
@@ -64,27 +66,12 @@ def test_sigterm_finishes_the_step_saves_it_and_resume_is_exact(straight, tmp_pa
     assert not os.path.exists(os.path.join(workdir, "results.json"))
 
     monkeypatch.setattr(train.MetricsWriter, "write", write)
-    train.train_and_evaluate(config(**{"eval.linear_epochs": 1}), workdir,
+    train.train_and_evaluate(config(), workdir,
                              mesh=sharding.make_mesh(1))
     resumed = losses(workdir)
     assert sorted(resumed) == list(range(1, TOTAL + 1))
     # Same device count, same compiled step, same data for each step: bit-identical.
     assert [resumed[s] for s in range(5, TOTAL + 1)] == [straight[s] for s in range(5, TOTAL + 1)]
-
-
-def _tiny_flags(**overrides) -> list[str]:
-    """The tiny config as command-line overrides of configs/simclr.py:fashion_mnist."""
-    from helpers import load_config
-    from ssljax.config import flatten_keys
-    base, tiny = load_config("simclr"), config(**overrides)
-    flags = []
-    for key in flatten_keys(tiny):
-        node_b, node_t = base, tiny
-        for part in key.split("."):
-            node_b, node_t = node_b[part], node_t[part]
-        if not hasattr(node_t, "items") and node_b != node_t:
-            flags.append(f"--config.{key}={node_t}")
-    return flags
 
 
 def test_cli_sigterm_exits_75_after_saving(tmp_path):
@@ -93,7 +80,8 @@ def test_cli_sigterm_exits_75_after_saving(tmp_path):
                SSLJAX_XLA_CACHE=os.path.join(REPO, ".pytest_cache", "xla"))
     # Many steps, so SIGTERM arrives while it trains, whatever the machine's speed.
     cmd = [sys.executable, "-m", "ssljax.main", "--config=configs/simclr.py:fashion_mnist",
-           f"--workdir={workdir}", *_tiny_flags(total_steps=100_000)]
+           f"--workdir={workdir}",
+           *config_flags("simclr", config(total_steps=100_000, stop_after_step=-1))]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:
@@ -119,7 +107,8 @@ def test_cli_sigterm_exits_75_after_saving(tmp_path):
 def test_checkpoint_killed_mid_write_is_never_restored(straight, tmp_path, when):
     workdir = str(tmp_path)
     spec = dict(method="simclr", devices=1, kill_at_step=4, kill_when=when,
-                overrides=dict(total_steps=TOTAL, checkpoint_every=2))
+                overrides=dict(total_steps=TOTAL + 2, stop_after_step=TOTAL,
+                                   checkpoint_every=2))
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "_tiny_run.py"), workdir,
                            json.dumps(spec)], cwd=REPO, capture_output=True, text=True,
                           timeout=600)
@@ -131,7 +120,7 @@ def test_checkpoint_killed_mid_write_is_never_restored(straight, tmp_path, when)
     assert sorted(losses(workdir)) == [1, 2, 3, 4]
 
     # The next run restores step 2, redoes steps 3.. exactly, and saves step 4 again.
-    train.train_and_evaluate(config(**{"eval.linear_epochs": 1, "checkpoint_every": 2}), workdir,
+    train.train_and_evaluate(config(checkpoint_every=2), workdir,
                              mesh=sharding.make_mesh(1))
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     after = {r["step"]: r["loss"] for r in rows[4:] if "loss" in r}
