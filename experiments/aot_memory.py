@@ -150,6 +150,10 @@ _OP = re.compile(r"=\s*(?P<shape>\([^=]*?\)|[a-z0-9]+\[[0-9,]*\][^ ]*)\s+"
 _ARRAY = re.compile(r"([a-z]+[0-9]*)\[([0-9,]*)\]")
 _GROUPS_LIST = re.compile(r"replica_groups=\{(\{[0-9,]*\}(?:,\{[0-9,]*\})*)\}")
 _GROUPS_IOTA = re.compile(r"replica_groups=\[(\d+),(\d+)\]")
+# Newer XLA: replica_groups=mesh['axis_0'=2,'axis_1'=4] {'axis_1'} (the axes in braces form
+# a group; without braces, all of them).
+_GROUPS_MESH = re.compile(r"replica_groups=mesh\[([^\]]*)\](?: \{([^}]*)\})?")
+_COMMENT = re.compile(r"/\*.*?\*/")
 _BYTES = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2,
           "s16": 2, "u16": 2, "s8": 1, "u8": 1, "pred": 1}
 
@@ -165,6 +169,14 @@ def _shape_bytes(text: str) -> int:
 
 
 def _group_size(rest: str, num_devices: int) -> int:
+    if m := _GROUPS_MESH.search(rest):
+        sizes = dict((k.strip("'"), int(v)) for k, v in
+                     (kv.split("=") for kv in m.group(1).split(",")))
+        axes = [a.strip().strip("'") for a in m.group(2).split(",")] if m.group(2) else sizes
+        n = 1
+        for a in axes:
+            n *= sizes[a]
+        return n
     if m := _GROUPS_IOTA.search(rest):
         return int(m.group(2))
     if m := _GROUPS_LIST.search(rest):
@@ -203,9 +215,14 @@ def collectives(hlo_text: str, num_devices: int) -> list[Collective]:
     >>> c = collectives(hlo, 8)[0]
     >>> c.op, c.result_bytes, c.group, c.sent_bytes
     ('all-reduce', 160, 8, 280.0)
+    >>> hlo = ("%ag = (f32[8]{0}, /*index=1*/bf16[4,2]{1,0}) all-gather(%a, %b), "
+    ...        "replica_groups=mesh['axis_0'=2,'axis_1'=4] {'axis_1'}")
+    >>> c = collectives(hlo, 8)[0]
+    >>> c.op, c.result_bytes, c.group, c.sent_bytes
+    ('all-gather', 48, 4, 36.0)
     """
     ops = []
-    for m in _OP.finditer(hlo_text):
+    for m in _OP.finditer(_COMMENT.sub("", hlo_text)):
         if "-done" in m.group(0).split("(")[0]:
             continue
         ops.append(Collective(m.group("op"), _shape_bytes(m.group("shape")),
