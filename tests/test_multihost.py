@@ -6,8 +6,10 @@ The two processes run ``python -m ssljax.main`` with explicit ``--coordinator_ad
 train step's collectives cross the process boundary, orbax saves from both.
 """
 
+import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,7 +25,7 @@ TOTAL = 8
 
 
 def config(method, **overrides):
-    # 8 planned steps; the 2-process run stops after 4, the 1-process ones after 6, so no run
+    # 8 planned steps; the 2-process run stops after 5, the 1-process ones after 6, so no run
     # pays for the final evaluation.
     return tiny_config(method, **{"total_steps": TOTAL, "stop_after_step": 6, **overrides})
 
@@ -38,7 +40,8 @@ def run_two_processes(method: str, workdir: str) -> list[subprocess.CompletedPro
     port = free_port()
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4",
                SSLJAX_XLA_CACHE=os.path.join(REPO, ".pytest_cache", "xla"))
-    flags = config_flags(method, config(method, stop_after_step=4))
+    # Checkpoints at steps 4 and 5.
+    flags = config_flags(method, config(method, stop_after_step=5, checkpoint_every=4))
     procs = [subprocess.Popen(
         [sys.executable, "-m", "ssljax.main", f"--config=configs/{method}.py:fashion_mnist",
          f"--workdir={workdir}", f"--coordinator_address=localhost:{port}", "--num_processes=2",
@@ -73,23 +76,33 @@ def test_two_processes_train_as_one(runs):
     l1 = {s: r["loss"] for s, r in read_metrics(one).items()}
     # Only process 0 writes metrics: each step once.
     with open(os.path.join(two, "metrics.jsonl")) as f:
-        assert sum('"loss"' in line for line in f) == 4
-    assert sorted(l2) == [1, 2, 3, 4]
+        assert sum('"loss"' in line for line in f) == 5
+    assert sorted(l2) == [1, 2, 3, 4, 5]
     # Same global batch, same global objective: a per-process batch, per-process BatchNorm
     # statistics or a per-process covariance would move step 1 by percents.
-    np.testing.assert_allclose([l2[s] for s in (1, 2, 3, 4)], [l1[s] for s in (1, 2, 3, 4)],
+    np.testing.assert_allclose([l2[s] for s in (1, 2, 3)], [l1[s] for s in (1, 2, 3)],
                                rtol=1e-5, err_msg=method)
+    # Later steps loosely: the cross-process all-reduce sums in another order, and this tiny
+    # net magnifies float32 rounding (measured for SimCLR: 3e-6 at step 3, 1e-3 at step 4).
+    np.testing.assert_allclose([l2[s] for s in (4, 5)], [l1[s] for s in (4, 5)], rtol=2e-2,
+                               err_msg=method)
     # Process 0 logs; process 1 stays quiet.
-    assert "step 4/4" in outs[0].stderr
+    assert "step 5/5" in outs[0].stderr
     assert not re.search(r"step \d+/\d+ \|", outs[1].stderr)
 
 
 def test_two_process_checkpoint_restores_in_one_process(runs):
-    method, two, _, one = runs
-    assert checkpoint.Checkpointer(os.path.join(two, "checkpoints")).all_steps() == [4]
+    method, two, _, _ = runs
+    ckpt_dir = os.path.join(two, "checkpoints")
+    assert checkpoint.Checkpointer(ckpt_dir).all_steps() == [4, 5]
+    step5_two_processes = read_metrics(two)[5]["loss"]
+    # Resume from step 4 (drop step 5): one process, 8 devices, must redo step 5 as the two
+    # processes did. One step from the same state is not chaotic: a wrong restore (shards of
+    # one process missing or misplaced, a fresh init) changes it by percents.
+    shutil.rmtree(os.path.join(ckpt_dir, "5"))
+    rows_before = len(open(os.path.join(two, "metrics.jsonl")).readlines())
     train.train_and_evaluate(config(method), two, mesh=sharding.make_mesh(8))
-    l2 = {s: r["loss"] for s, r in read_metrics(two).items()}
-    l1 = {s: r["loss"] for s, r in read_metrics(one).items()}
-    assert sorted(l2) == [1, 2, 3, 4, 5, 6]  # resumed at step 5, did not start again
-    # Loosely, as in test_train: tiny nets magnify summation-order differences with steps.
-    np.testing.assert_allclose([l2[s] for s in (5, 6)], [l1[s] for s in (5, 6)], rtol=1e-3)
+    rows = [json.loads(line) for line in open(os.path.join(two, "metrics.jsonl"))][rows_before:]
+    resumed = {r["step"]: r["loss"] for r in rows if "loss" in r}
+    assert sorted(resumed) == [5, 6]  # resumed at step 5, did not start again
+    np.testing.assert_allclose(resumed[5], step5_two_processes, rtol=1e-5, err_msg=method)
