@@ -3,9 +3,12 @@
 Two mesh axes. ``data``: batches are split over it. ``fsdp`` (fully sharded data parallelism,
 ``config.sharding.fsdp`` devices, default 1 = absent): batches are split over it too, and
 every large array of the train state (parameters, optimizer moments) is split along one of
-its dimensions over it, so each device holds ``1/fsdp`` of them; the compiler gathers
-parameters for the forward and backward passes and reduce-scatters the gradients. Losses
-are written on the global batch, so the compiler inserts the few collectives they need.
+its dimensions over it, so each device stores ``1/fsdp`` of them between steps. The train
+step (``train.CompiledStep``) gathers the parameters once at its start and the update
+writes each device's slice back (ZeRO-style: the stored parameters and the optimizer state
+are split; during the step the whole parameters and the activations of the device's share
+of the batch are live). Losses are written on the global batch, so the compiler inserts the
+few collectives they need.
 
 References:
   ZeRO (Rajbhandari et al., 2020); big_vision's ``fsdp`` sharding rule.

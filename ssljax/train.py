@@ -117,11 +117,32 @@ class CompiledStep:
     def train_step(self):
         """``(state, batch, rng) -> (state, metrics)``; the state is donated."""
         repl = sharding.replicated(self.mesh)
+        fsdp = sharding.FSDP_AXIS in self.mesh.axis_names
+
+        def step(ts, batch, rng):
+            if fsdp:
+                # Gather the split parameters once per step (the gradients are whole too, see
+                # build_step). Left to itself, the compiler follows the weights' split into
+                # the activations (channels split over 'fsdp') and moves activations instead:
+                # 26 GiB per device per step for a ResNet-50 on 8 x 8 devices. The updated
+                # parameters and the optimizer state stay split (the out_shardings).
+                ts = ts.replace(params=jax.lax.with_sharding_constraint(ts.params, repl))
+            return self.method.train_step(ts, batch, rng, self.tx, self.probe_tx, self.schedule)
+
         return jax.jit(
-            lambda ts, batch, rng: self.method.train_step(ts, batch, rng, self.tx, self.probe_tx,
-                                                          self.schedule),
+            step,
             in_shardings=(self._state_sharding, sharding.batch_sharding(self.mesh), repl),
             out_shardings=(self._state_sharding, repl), donate_argnums=(0,))
+
+
+def _whole_gradients(tx: optax.GradientTransformation,
+                     repl: jax.sharding.Sharding) -> optax.GradientTransformation:
+    """``tx`` that asks for whole (all-reduced) gradients: with FSDP, this keeps the split of
+    the optimizer state from flowing back into the backward pass; each device then updates
+    its slice of the state locally."""
+    def update(updates, state, params=None):
+        return tx.update(jax.lax.with_sharding_constraint(updates, repl), state, params)
+    return optax.GradientTransformation(tx.init, update)
 
 
 def build_step(config: ml_collections.ConfigDict, method, mesh, *, total_steps: int,
@@ -130,6 +151,8 @@ def build_step(config: ml_collections.ConfigDict, method, mesh, *, total_steps: 
     schedule = optim.make_schedule(config.optimizer, global_batch_size=config.batch_size,
                                    total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     tx = optim.make_optimizer(config.optimizer, schedule)
+    if sharding.FSDP_AXIS in mesh.axis_names:
+        tx = _whole_gradients(tx, sharding.replicated(mesh))
     probe_tx = optax.adam(config.eval.probe_lr)
     fsdp_min_size = config.get("sharding", {}).get("fsdp_min_size", 2 ** 14)
     return CompiledStep(method, tx, probe_tx, schedule, mesh, fsdp_min_size=fsdp_min_size)

@@ -106,3 +106,37 @@ def test_two_process_checkpoint_restores_in_one_process(runs):
     resumed = {r["step"]: r["loss"] for r in rows if "loss" in r}
     assert sorted(resumed) == [5, 6]  # resumed at step 5, did not start again
     np.testing.assert_allclose(resumed[5], step5_two_processes, rtol=1e-5, err_msg=method)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path):
+    """JAX's preemption sync manager: SIGTERM reaches one process; both save the same step."""
+    import signal
+    import time
+    workdir = tmp_path / "run"
+    port = free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4",
+               SSLJAX_XLA_CACHE=os.path.join(REPO, ".pytest_cache", "xla"))
+    flags = config_flags("simclr", config("simclr", total_steps=100_000, stop_after_step=-1))
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "ssljax.main", "--config=configs/simclr.py:fashion_mnist",
+         f"--workdir={workdir}", f"--coordinator_address=localhost:{port}", "--num_processes=2",
+         f"--process_id={i}", *flags],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    try:
+        metrics, deadline = workdir / "metrics.jsonl", time.time() + 900
+        while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            assert time.time() < deadline
+            time.sleep(0.1)
+        procs[1].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [75, 75], [o[1][-2000:] for o in outs]
+    saved = checkpoint.Checkpointer(str(workdir / "checkpoints")).all_steps()
+    assert len(saved) == 1 and saved[0] >= 2
+    for _, stderr in outs:
+        assert f"saved the checkpoint of step {saved[0]}" in stderr
