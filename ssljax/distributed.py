@@ -86,3 +86,22 @@ def initialize(mode: str = "auto", *, coordinator_address: str | None = None,
     logger.info("Process %d of %d, %d local of %d devices.", jax.process_index(),
                 jax.process_count(), jax.local_device_count(), jax.device_count())
     return True
+
+
+def compile_together(jitted, *args, name: str, timeout_s: int = 3600):
+    """``jitted`` compiled for ``args``; with several processes, returns once all have compiled.
+
+    The first execution of a program with collectives waits for every process. CPU (gloo)
+    collectives give up after 30 s, and a process that compiles slower, or misses the
+    compilation cache that another hit, can be later than that. A barrier of the
+    coordination service (no collective, ``timeout_s``) between compiling and running
+    removes the race. ``name`` must be unique within the run.
+
+    Returns:
+      The compiled executable; call it with arguments of the same shapes and shardings.
+    """
+    compiled = jitted.lower(*args).compile()
+    if jax.process_count() > 1:
+        import orbax.checkpoint as ocp
+        ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
+    return compiled

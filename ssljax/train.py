@@ -8,6 +8,7 @@ supplies devices, data, optimizers, checkpoints, logs and evaluation.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import logging
 import math
@@ -22,7 +23,7 @@ import numpy as np
 import optax
 from etils import epath
 
-from ssljax import checkpoint, data, evaluate, methods, optim, preemption, sharding
+from ssljax import checkpoint, data, distributed, evaluate, methods, optim, preemption, sharding
 from ssljax.config import ConfigError
 
 logger = logging.getLogger("ssljax")
@@ -259,6 +260,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     train_start = time.time()
     if start_step < last_step:
         batches = data.global_iterator(make_dataset(start_step), batch_sharding)
+        if jax.process_count() > 1:  # every process compiles before any runs the step
+            first_batch = next(batches)
+            train_step = distributed.compile_together(train_step, ts, first_batch, step_rng,
+                                                      name=f"ssljax_train_step_{start_step}")
+            batches = itertools.chain([first_batch], batches)
         logger.info("Training steps %d..%d of %d (%d per epoch).", start_step + 1, last_step,
                     total_steps, steps_per_epoch)
         first_step = start_step + 1
