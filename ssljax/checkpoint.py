@@ -20,7 +20,9 @@ class Checkpointer:
     """Save and restore ``(state, meta)`` pairs under ``directory``."""
 
     def __init__(self, directory: str, *, max_to_keep: int = 3):
-        self.directory = os.path.abspath(directory)
+        # Remote paths (gs://...) stay as given; orbax writes them through its own backend
+        # and commits with a commit-success file instead of a rename.
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
                                                enable_async_checkpointing=False)
         self._manager = ocp.CheckpointManager(self.directory, options=options,

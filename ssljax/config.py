@@ -48,6 +48,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.pool = "cls"  # or 'mean'
 
     c.batch_size = 256  # global, over all devices and hosts
+
+    # Mesh: 'data' x 'fsdp'. fsdp > 1 splits parameters and optimizer state over that many
+    # devices (arrays of at least fsdp_min_size elements); 1 = pure data parallelism.
+    c.sharding = ml_collections.ConfigDict()
+    c.sharding.fsdp = 1
+    c.sharding.fsdp_min_size = 2 ** 14
     c.num_epochs = 100
     c.total_steps = -1  # > 0 overrides num_epochs
     c.stop_after_step = -1  # > 0: checkpoint and exit after this step; the schedule is unchanged

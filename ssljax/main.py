@@ -26,9 +26,23 @@ _CONFIG = config_flags.DEFINE_config_file(
     "Config file, optionally with a variant: configs/<method>.py:<variant>.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", "runs/simclr_fashion_mnist",
                                "Directory for checkpoints, metrics and results; reused to resume.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "Multi-host runtime (jax.distributed.initialize): auto starts it when the flags below "
+    "(or JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) are set or a Cloud TPU / "
+    "SLURM cluster is detected.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0, for multi-host runs.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Number of processes of a multi-host run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process, in [0, num_processes).")
 
-EXIT_NONFINITE = 3
+# Exit statuses: 0 done; 2 bad input (config, dataset); 3 non-finite loss (the last good
+# checkpoint is kept); 75 preempted (SIGTERM): the checkpoint of the current step was saved,
+# run the same command again to resume (``ssljax.preemption.EXIT_PREEMPTED``).
 EXIT_BAD_INPUT = 2
+EXIT_NONFINITE = 3
+EXIT_PREEMPTED = 75
 
 
 def print_table(results: dict) -> None:
@@ -71,7 +85,7 @@ def main(argv):
     del argv
     import jax
 
-    from ssljax import data, train
+    from ssljax import data, distributed, train
     from ssljax.config import ConfigError
     # Our progress lines on stderr; libraries (orbax, absl) only warn.
     logging.set_verbosity(logging.WARNING)
@@ -87,10 +101,21 @@ def main(argv):
         "SSLJAX_XLA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ssljax", "xla")))
     config = _CONFIG.value
     try:
+        distributed.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    if jax.process_index() != 0:  # one log for the whole run: process 0's
+        ssljax_logger.setLevel(pylogging.WARNING)
+    try:
         results = train.train_and_evaluate(config, _WORKDIR.value)
     except train.NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_NONFINITE)
+    except train.Preempted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
     except (data.DatasetNotFoundError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)

@@ -59,3 +59,18 @@ def read_metrics(workdir: str) -> dict[int, dict]:
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]
     return {r["step"]: r for r in rows if "loss" in r}
+
+
+def config_flags(name: str, config) -> list[str]:
+    """``config`` as ``--config.<key>=<value>`` overrides of ``configs/<name>.py:fashion_mnist``,
+    for running it through ``python -m ssljax.main`` in a subprocess."""
+    from ssljax.config import flatten_keys
+    base = load_config(name)
+    flags = []
+    for key in flatten_keys(config):
+        node_b, node_t = base, config
+        for part in key.split("."):
+            node_b, node_t = node_b[part], node_t[part]
+        if not hasattr(node_t, "items") and node_b != node_t:
+            flags.append(f"--config.{key}={node_t}")
+    return flags
