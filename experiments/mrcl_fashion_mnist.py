@@ -122,7 +122,13 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)
     import logging as pylogging
-    pylogging.basicConfig(level=pylogging.INFO, format="%(asctime)s %(message)s")
+    # The trainer's progress lines on stderr (absl owns the root logger), as ssljax.main does.
+    handler = pylogging.StreamHandler()
+    handler.setFormatter(pylogging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+    ssljax_logger = pylogging.getLogger("ssljax")
+    ssljax_logger.addHandler(handler)
+    ssljax_logger.setLevel(pylogging.INFO)
+    ssljax_logger.propagate = False
     jax.config.update("jax_compilation_cache_dir", os.environ.get(
         "SSLJAX_XLA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ssljax", "xla")))
     os.makedirs(_OUT.value, exist_ok=True)
