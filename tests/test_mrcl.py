@@ -129,6 +129,8 @@ def test_vit_drops_exactly_the_masked_tokens():
 
 @pytest.mark.parametrize("name", methods.available())
 def test_every_method_builds_with_a_vit_backbone(name):
+    if name in ("infomin_views", "view_contrast"):
+        pytest.skip("learned / colour-space views are defined on colour images, not patches")
     try:
         cfg = load_config(name)
     except FileNotFoundError:
@@ -137,8 +139,14 @@ def test_every_method_builds_with_a_vit_backbone(name):
     cfg.model.patch_size = 4
     if "mask" in cfg.data:
         cfg.data.mask.patch_size = 4
-    method = methods.get_method(name)(cfg, num_classes=10)
     example = {"views": jnp.zeros((4, 2, 28, 28, 1)), "label": jnp.zeros((4,), jnp.int32)}
+    if name in ("selfcon", "supcon", "ce", "subnet_ce"):
+        # The multi-exit network is a ResNet by construction: a clear error, not a crash.
+        with pytest.raises(ConfigError, match="model.name=resnet18"):
+            jax.eval_shape(methods.get_method(name)(cfg, num_classes=10).init_model,
+                           train.init_key(0), example)
+        return
+    method = methods.get_method(name)(cfg, num_classes=10)
     params, state = jax.eval_shape(method.init_model, train.init_key(0), example)
     assert jax.eval_shape(method.embed, params, state, example["views"][:, 0]).shape == (4, 192)
     maps = jax.eval_shape(method.feature_maps, params, state, example["views"][:, 0])

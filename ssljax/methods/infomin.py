@@ -115,7 +115,7 @@ class InfoMin(MoCo):
             out, updates = self.model.apply({"params": params, "batch_stats": stats}, x, pm,
                                             train=True, mutable=["batch_stats"],
                                             method=InfoMinNet.jigsaw)
-            return out, updates["batch_stats"]
+            return out, updates.get("batch_stats", {})
 
         groups = self.config.moco.bn_groups
         # Group g holds the patches of the images of group g (k consecutive rows per image).

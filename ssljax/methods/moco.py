@@ -147,9 +147,9 @@ class MoCo(base.Method):
         # The official queue starts as random unit vectors; the key encoder as a copy.
         queue = l2_normalize(jax.random.normal(queue_rng, (mc.queue_size,
                                                            self.config.projector.out_dim)))
-        state = {"batch_stats": variables["batch_stats"],
+        state = {"batch_stats": variables.get("batch_stats", {}),
                  "key": {"params": jax.tree.map(jnp.copy, params),
-                         "batch_stats": jax.tree.map(jnp.copy, variables["batch_stats"])},
+                         "batch_stats": jax.tree.map(jnp.copy, variables.get("batch_stats", {}))},
                  "queue": queue, "queue_ptr": jnp.zeros((), jnp.int32)}
         return params, state
 
@@ -157,7 +157,7 @@ class MoCo(base.Method):
         def fn(batch_stats, x):
             out, updates = self.model.apply({"params": params, "batch_stats": batch_stats}, x,
                                             train=True, mutable=["batch_stats"], **kwargs)
-            return out, updates["batch_stats"]
+            return out, updates.get("batch_stats", {})
         return fn
 
     def encode_queries(self, params, batch_stats, x):

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from ssljax import models
+from ssljax.config import ConfigError
 from ssljax.methods import base
 
 
@@ -20,6 +21,10 @@ def build_network(cfg: ml_collections.ConfigDict,
     """The ResNet of ``config.model`` with the exits ``cfg.exits`` (or ``exits``) of kind
     ``cfg.exit_kind``."""
     exits = tuple(cfg.get("exits", ()) if exits is None else exits)
+    if not cfg.name.startswith("resnet"):
+        raise ConfigError(f"The multi-exit network (SelfCon, SupCon, CE) is built on a ResNet, "
+                          f"not {cfg.name!r}; set --config.model.name=resnet18, resnet34 or "
+                          "resnet50.")
     return models.MultiExitResNet(base.build_backbone(cfg), exits=exits,
                                   kind=cfg.get("exit_kind", "fc"))
 
