@@ -71,9 +71,9 @@ def fsdp_spec(shape: tuple[int, ...], fsdp: int, min_size: int) -> P:
     ``fsdp`` divides, if the array has at least ``min_size`` elements; else nowhere.
 
     >>> fsdp_spec((3, 3, 64, 128), 4, min_size=0)
-    PartitionSpec(None, None, None, 'fsdp')
+    P(None, None, None, 'fsdp')
     >>> fsdp_spec((10,), 4, min_size=0)  # no dimension divides: replicated
-    PartitionSpec()
+    P()
     """
     if fsdp <= 1 or not shape or int(np.prod(shape)) < min_size:
         return P()
