@@ -44,8 +44,8 @@ _REPORT_ONLY = flags.DEFINE_bool("report_only", False,
                                  "Report the finished runs only; train nothing.")
 _PICTURE = flags.DEFINE_string("picture", "experiments/infomin_views.png", "Learned views PNG.")
 
-SPLITS = [("raw RGB (R | GB)", "rgb", None), ("YDbDr (Y | DbDr)", "ydbdr", None),
-          ("YCbCr (Y | CbCr)", "ycbcr", None), ("Lab (L | ab)", "lab", None),
+SPLITS = [("raw RGB (R / GB)", "rgb", None), ("YDbDr (Y / DbDr)", "ydbdr", None),
+          ("YCbCr (Y / CbCr)", "ycbcr", None), ("Lab (L / ab)", "lab", None),
           ("learned, unsupervised", "learned", "unsup"),
           ("learned, semi-supervised", "learned", "semi")]
 
@@ -172,7 +172,7 @@ def main(argv):
     ]
     for name, _, _ in SPLITS:
         if name not in results:
-            lines.append(f"| {name} | not run (out of time) | | |")
+            lines.append(f"| {name} | not finished yet | | |")
             continue
         r = results[name]
         lines.append(f"| {name} | {r['i_nce']:.2f} | {r['linear_probe_top1']:.2f} | "
@@ -183,7 +183,7 @@ def main(argv):
               "|---|---|---|---|"]
     for kind in ("unsup", "semi"):
         if f"view learning ({kind})" not in results:
-            lines.append(f"| {kind} | not run (out of time) | | |")
+            lines.append(f"| {kind} | not finished yet | | |")
             continue
         r = results[f"view learning ({kind})"]
         lines.append(f"| {kind} | {r['i_nce']:.2f} | {r['linear_probe_top1']:.2f} | "

@@ -70,6 +70,9 @@ def write_report(rows, steps, path):
         f" --train_examples={_TRAIN_EXAMPLES.value}",
         "```",
         "",
+        "Runs finished so far; rerun the command to add the missing seeds (finished runs are"
+        " reused from `runs/views_fmnist/results.jsonl`).",
+        "",
         "| method | n | linear top-1 | kNN top-1 | pre-training s / run |",
         "|---|---|---|---|---|",
     ]
@@ -79,8 +82,9 @@ def write_report(rows, steps, path):
     for method, rs in by_method.items():
         def stat(key):
             vals = [r[key] for r in rs]
-            sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-            return f"{statistics.mean(vals):.2f} +- {sd:.2f}"
+            if len(vals) == 1:
+                return f"{vals[0]:.2f}"
+            return f"{statistics.mean(vals):.2f} +- {statistics.stdev(vals):.2f}"
         t = statistics.mean(r["train_time_s"] for r in rs)
         lines.append(f"| {method} | {len(rs)} | {stat('linear_probe_top1')} | "
                      f"{stat('knn_top1')} | {t:.0f} |")
