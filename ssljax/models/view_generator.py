@@ -28,6 +28,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = ["Invertible1x1", "Coupling", "PixelFlow", "split_views", "COLOR_SPACES",
            "to_color_space"]
@@ -165,14 +166,16 @@ def split_views(x: jax.Array, sizes: Sequence[int] = (1,)) -> tuple[jax.Array, j
 
 
 # ---- fixed colour spaces (scikit-image's definitions) ----------------------------------------
+# NumPy constants: a jnp array made at import time would start the XLA backend before
+# jax.distributed.initialize can run (tests/test_imports.py).
 
-_YDBDR = jnp.array([[0.299, 0.587, 0.114], [-0.45, -0.883, 1.333], [-1.333, 1.116, 0.217]])
-_YCBCR = jnp.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0],
+_YDBDR = np.array([[0.299, 0.587, 0.114], [-0.45, -0.883, 1.333], [-1.333, 1.116, 0.217]])
+_YCBCR = np.array([[65.481, 128.553, 24.966], [-37.797, -74.203, 112.0],
                     [112.0, -93.786, -18.214]])
-_YCBCR_OFFSET = jnp.array([16.0, 128.0, 128.0])
-_XYZ = jnp.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
+_YCBCR_OFFSET = np.array([16.0, 128.0, 128.0])
+_XYZ = np.array([[0.412453, 0.357580, 0.180423], [0.212671, 0.715160, 0.072169],
                   [0.019334, 0.119193, 0.950227]])
-_D65 = jnp.array([0.95047, 1.0, 1.08883])
+_D65 = np.array([0.95047, 1.0, 1.08883])
 
 
 def _lab(rgb):
