@@ -251,27 +251,21 @@ plt.tight_layout(); plt.show()'''),
 
 def nb_views():
     return [
-        new_markdown_cell(f"""# 4. Views: augmentations, masks (and learned views)
+        new_markdown_cell(f"""# 4. Views: augmentations, masks and learned views
 
 {badge("04_views.ipynb")}
 
 What the networks see. The views of each method are stateless-random augmentations drawn
-from `(seed, step, view)`; masked methods hide patches; InfoMin *learns* its views.
-
-Status: this notebook shows the augmentation recipes of the methods in `configs/` and
-random patch masks built from `ssljax.losses.patchify`. The masked-view pipeline of MRCL
-and the learned views of InfoMin are not in ssljax yet; their panels will be added with
-those methods."""),
+from `(seed, step, view)`; MRCL hides patches of its views; InfoMin *learns* its views.
+This notebook shows (1) the augmentation recipes of the methods in `configs/`, (2) the
+random and block patch masks of MRCL's masked multi-view batches, drawn by the pipeline's own
+sampler, and (3) views learned by InfoMin's adversarial view generator on Coloured
+Fashion-MNIST, next to fixed colour-space splits."""),
         new_code_cell(INSTALL),
-        new_code_cell('''import importlib.util
-import numpy as np, tensorflow as tf, jax, jax.numpy as jnp
+        new_code_cell(TRAIN_HELPERS),
+        new_code_cell('''import numpy as np, tensorflow as tf, jax.numpy as jnp
 import matplotlib.pyplot as plt
-from ssljax import data, losses, train
-
-def load_config(method, variant="fashion_mnist"):
-    spec = importlib.util.spec_from_file_location(method, os.path.join(REPO, "configs", method + ".py"))
-    module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
-    return module.get_config(variant)
+from ssljax.data import masking
 
 images, labels = data.load_arrays("fashion_mnist", "train[:8]")
 x = tf.constant(images[:6], tf.float32) / 255.0
@@ -295,22 +289,74 @@ axes[0, 0].set_title("original", fontsize=8)
 for a in axes.flat:
     a.axis("off")
 plt.tight_layout(); plt.show()'''),
-        new_markdown_cell("""## Patch masks
+        new_markdown_cell("""## MRCL's masked views
 
-Masked reconstruction (MRCL, MAE) hides most patches of an image and asks the network to
-reconstruct them: `patchify` cuts 4 x 4 patches; a random 75% of them are hidden."""),
-        new_code_cell('''patches = losses.patchify(jnp.asarray(x), 4)  # [B, 49, 16]
-keep = jax.random.uniform(jax.random.key(0), patches.shape[:2]) > 0.75
-masked = losses.unpatchify(jnp.where(keep[..., None], patches, 0.5), 4, grid=(7, 7))
-fig, axes = plt.subplots(2, len(x), figsize=(2 * len(x), 4))
-for i in range(len(x)):
-    axes[0, i].imshow(x[i, ..., 0], cmap="gray"); axes[1, i].imshow(masked[i, ..., 0], cmap="gray")
-    axes[0, i].axis("off"); axes[1, i].axis("off")
-axes[1, 0].set_title("75% of 4x4 patches hidden", fontsize=8, loc="left")
+MRCL's pipeline emits, alongside the views, one boolean patch mask per view
+(`ssljax.data.masking.sample_masks`: stateless-random, so the same `(seed, step)` gives the
+same masks on every host). The encoder zeroes (ResNet) or drops (ViT) the hidden patches;
+the decoder reconstructs them. The MRCL config's own mask comes first, then a random and a
+block mask at 50% of 4 x 4 patches. Hidden patches are drawn grey."""),
+        new_code_cell('''mrcl = load_config("mrcl").data.mask
+kinds = {f"mrcl config ({mrcl.kind}, {mrcl.ratio:.0%})": masking.mask_config_from(mrcl),
+         "random 50%": masking.MaskConfig(ratio=0.5, patch_size=4, kind="random"),
+         "block 50%": masking.MaskConfig(ratio=0.5, patch_size=4, kind="block", num_blocks=2)}
+fig, axes = plt.subplots(len(kinds), len(x), figsize=(2 * len(x), 2.1 * len(kinds)))
+for r, (title, mc) in enumerate(kinds.items()):
+    m = masking.sample_masks(tf.constant([0, 1], tf.int64), len(x), 2, 28, mc).numpy()
+    pixels = masking.pixel_mask(m[:, 0], mc.patch_size)  # view 1: [B, 28, 28]
+    hidden = m[:, 0].mean()
+    for i in range(len(x)):
+        axes[r, i].imshow(np.where(pixels[i], 0.5, x[i, ..., 0]), cmap="gray", vmin=0, vmax=1)
+        axes[r, i].axis("off")
+    axes[r, 0].set_title(f"{title}: {hidden:.0%} hidden", fontsize=8, loc="left")
+    print(f"{title}: {hidden:.1%} of the patches of view 1 hidden")
 plt.tight_layout(); plt.show()'''),
         new_markdown_cell("""## Learned views (InfoMin)
 
-Not yet available: InfoMin's view generator is not in `ssljax.models` on this branch."""),
+InfoMin learns the split of an image into two views: a pixel-wise invertible flow `g` maps
+RGB to three channels; view 1 is channel 1, view 2 channels 2-3. Two encoders maximise
+InfoNCE between the views while `g` *minimises* it (a gradient-reversal layer), so `g`
+removes shared information that the task does not need. On Coloured Fashion-MNIST each
+garment is tinted with a random colour: colour is a nuisance shared by all channels, the
+information a good view split should drop. (This is our reading of the paper: no official
+code exists; see `ssljax/methods/view_learning.py`.) Below: a short unsupervised run, then
+the learned views next to the fixed YDbDr and Lab splits (luma or lightness | chroma)."""),
+        new_code_cell('''cfg = load_config("infomin_views")  # unsupervised, Coloured Fashion-MNIST
+STEPS = 3 if TINY else 300
+if TINY:
+    shrink(cfg)
+rgb_images, rgb_labels = data.load_arrays("coloured_fashion_mnist", "train[:512]" if TINY else "train[:20000]")
+method, mesh, steps, ts, batches, info = trainer(cfg, rgb_images, rgb_labels, STEPS)
+rng = jax.random.fold_in(jax.random.key(0), 1)
+i_nce = []
+for step in range(1, STEPS + 1):
+    ts, metrics = steps.train_step(ts, next(batches), rng)
+    i_nce.append(float(metrics["i_nce"]))
+print(f"I_NCE between the learned views: first step {i_nce[0]:.3f} nats, last step {i_nce[-1]:.3f} nats")'''),
+        new_code_cell('''from ssljax.models.view_generator import split_views, to_color_space
+test_rgb, _ = data.load_arrays("coloured_fashion_mnist", "test[:6]")
+rgb = test_rgb.astype(np.float32) / 255.0
+normalised = (rgb - np.asarray(info.mean)) / np.asarray(info.std)
+learned, _ = method.views(ts.params["generator"], jnp.asarray(normalised))
+splits = {"learned": split_views(learned),
+          "YDbDr": split_views(to_color_space(jnp.asarray(rgb), "ydbdr")),
+          "Lab": split_views(to_color_space(jnp.asarray(rgb), "lab"))}
+
+def scaled(v):  # min-max over the shown images, per channel
+    v = np.asarray(v)
+    return (v - v.min(axis=(0, 1, 2))) / np.maximum(np.ptp(v, axis=(0, 1, 2)), 1e-8)
+
+cols = [("original", rgb)]
+for name, (v1, v2) in splits.items():
+    cols.append((f"{name}: view 1", np.repeat(scaled(v1), 3, axis=-1)))
+    cols.append((f"{name}: view 2 (as red, green)", np.concatenate([scaled(v2), np.zeros_like(v1)], -1)))
+fig, axes = plt.subplots(len(rgb), len(cols), figsize=(1.8 * len(cols), 1.8 * len(rgb)))
+for r in range(len(rgb)):
+    for c, (title, imgs) in enumerate(cols):
+        axes[r, c].imshow(np.clip(imgs[r], 0, 1)); axes[r, c].axis("off")
+        if r == 0:
+            axes[r, c].set_title(title, fontsize=7)
+plt.tight_layout(); plt.show()'''),
     ]
 
 
