@@ -294,11 +294,11 @@ plt.tight_layout(); plt.show()'''),
 MRCL's pipeline emits, alongside the views, one boolean patch mask per view
 (`ssljax.data.masking.sample_masks`: stateless-random, so the same `(seed, step)` gives the
 same masks on every host). The encoder zeroes (ResNet) or drops (ViT) the hidden patches;
-the decoder reconstructs them. The MRCL config's own mask comes first, then a random and a
-block mask at 50% of 4 x 4 patches. Hidden patches are drawn grey."""),
+the decoder reconstructs them. The MRCL config's own mask comes first, then MAE's random 75% and a
+block mask at 50%, of 4 x 4 patches. Hidden patches are drawn grey."""),
         new_code_cell('''mrcl = load_config("mrcl").data.mask
 kinds = {f"mrcl config ({mrcl.kind}, {mrcl.ratio:.0%})": masking.mask_config_from(mrcl),
-         "random 50%": masking.MaskConfig(ratio=0.5, patch_size=4, kind="random"),
+         "random 75% (MAE)": masking.MaskConfig(ratio=0.75, patch_size=4, kind="random"),
          "block 50%": masking.MaskConfig(ratio=0.5, patch_size=4, kind="block", num_blocks=2)}
 fig, axes = plt.subplots(len(kinds), len(x), figsize=(2 * len(x), 2.1 * len(kinds)))
 for r, (title, mc) in enumerate(kinds.items()):
