@@ -6,7 +6,7 @@ PIP    := $(VENV)/bin/pip
 WORKDIR ?= runs/simclr_fashion_mnist
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: install dataset run test test-slow bench clean
+.PHONY: install dataset run test test-integration test-slow bench clean
 
 # The offline default dataset: Debian's dataset-fashion-mnist, installed with apt where apt
 # exists (as root, or through sudo). Elsewhere ssljax falls back to a TFDS download.
@@ -31,6 +31,11 @@ run: install
 test: install
 	$(PY) -m pytest -n 2 --dist loadfile -q tests
 	$(PY) -m pytest -q --doctest-modules ssljax/losses ssljax/evaluate ssljax/methods/selfcon.py
+
+# End-to-end checks (the CLI, 2-process multi-host runs, preemption with kill -9, notebooks):
+# about as long again as the default run; CI runs them after `make test`.
+test-integration: install
+	$(PY) -m pytest -n 2 --dist loadfile -q -m integration tests
 
 test-slow: install
 	$(PY) -m pytest -m slow -q

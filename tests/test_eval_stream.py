@@ -63,6 +63,7 @@ def test_unprepared_stream_names_the_fix(tmp_path):
                                         mean=MEAN, std=STD, data_dir=str(tmp_path)))
 
 
+@pytest.mark.integration
 def test_trainer_scores_a_streamed_dataset(tiny_stream, tmp_path, monkeypatch):
     """Pre-training and offline evaluation both stream; results.json has the probes and the
     random-encoder baseline, and no raw-pixel baseline."""

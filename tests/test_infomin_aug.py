@@ -170,6 +170,7 @@ def test_jigsaw_patches_are_crops_of_the_resized_view():
         ia.JigsawConfig(size=15, patch=6)
 
 
+@pytest.mark.integration
 def test_pipeline_adds_a_deterministic_jigsaw_view():
     images = (np.arange(16 * 28 * 28) % 251).reshape(16, 28, 28, 1).astype(np.uint8)
     labels = np.arange(16)

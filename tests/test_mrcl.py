@@ -417,6 +417,7 @@ def _cli(tmp_path, variant, *extra):
         return json.load(f)
 
 
+@pytest.mark.integration
 def test_cli_smoke_resnet(tmp_path):
     results = _cli(tmp_path, "fashion_mnist", "--config.model.width=4",
                    "--config.decoder.channels=(8,)")

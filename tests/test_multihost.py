@@ -70,6 +70,7 @@ def runs(request, tmp_path_factory):
     return method, two, outs, one
 
 
+@pytest.mark.integration
 def test_two_processes_train_as_one(runs):
     method, two, outs, one = runs
     l2 = {s: r["loss"] for s, r in read_metrics(two).items()}
@@ -91,6 +92,7 @@ def test_two_processes_train_as_one(runs):
     assert not re.search(r"step \d+/\d+ \|", outs[1].stderr)
 
 
+@pytest.mark.integration
 def test_two_process_checkpoint_restores_in_one_process(runs):
     method, two, _, _ = runs
     ckpt_dir = os.path.join(two, "checkpoints")

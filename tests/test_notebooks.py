@@ -31,6 +31,7 @@ def test_readme_has_a_colab_badge(name):
             f"experiments/notebooks/{name}") in readme
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", sorted(make_notebooks.NOTEBOOKS))
 def test_notebook_runs_top_to_bottom(name, monkeypatch):
     monkeypatch.setenv("SSLJAX_NOTEBOOK_TINY", "1")

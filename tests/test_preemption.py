@@ -74,6 +74,7 @@ def test_sigterm_finishes_the_step_saves_it_and_resume_is_exact(straight, tmp_pa
     assert [resumed[s] for s in range(5, TOTAL + 1)] == [straight[s] for s in range(5, TOTAL + 1)]
 
 
+@pytest.mark.integration
 def test_cli_sigterm_exits_75_after_saving(tmp_path):
     workdir = tmp_path / "run"
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="1",
@@ -103,6 +104,7 @@ def test_cli_sigterm_exits_75_after_saving(tmp_path):
     assert max(losses(str(workdir))) == saved[0]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("when", ["created", "commit"])
 def test_checkpoint_killed_mid_write_is_never_restored(straight, tmp_path, when):
     workdir = str(tmp_path)

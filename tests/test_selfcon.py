@@ -394,6 +394,7 @@ CLI_TINY = ["--config.data.train_split=train[:128]", "--config.data.test_split=t
             "--config.optimizer.warmup_epochs=0"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("name", ["selfcon", "supcon", "ce", "subnet_ce"])
 def test_cli_trains_and_evaluates(name, tmp_path):
     # Compilation dominates a tiny run: compile without the expensive optimisation passes
