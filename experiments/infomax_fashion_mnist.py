@@ -48,6 +48,9 @@ def run_one(method: str, seed: int, args) -> dict:
     c.log_every = max(args.steps // 5, 1)
     c.checkpoint_every = args.steps
     c.optimizer.warmup_epochs = 0.1 * args.steps * args.batch / 60000
+    # The budget is a fraction of an epoch: a schedule stepped once per epoch (MetaMask's
+    # official recipe) would hold the warm-up's first value for the whole run.
+    c.optimizer.step_per_epoch = False
     # The random encoder of the same config (and raw pixels), scored once per method, so the
     # table shows what pre-training bought under this budget.
     c.eval.baselines = seed == args.seeds[0]

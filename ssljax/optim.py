@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from ssljax.config import ConfigError
+
 
 def base_learning_rate(cfg: Any, global_batch_size: int) -> float:
     """The peak learning rate after the recipe's batch-size scaling rule."""
@@ -55,6 +57,12 @@ def make_schedule(cfg: Any, *, global_batch_size: int, total_steps: int,
     )
     if not cfg.step_per_epoch:
         return schedule
+    if warmup_steps > 0 and cfg.warmup_init == 0:
+        raise ConfigError(
+            "optimizer.step_per_epoch holds each epoch at the learning rate of its first step, "
+            "so a warm-up from optimizer.warmup_init = 0 trains the whole first epoch at lr 0; "
+            "set --config.optimizer.warmup_init to a fraction above 0 or "
+            "--config.optimizer.step_per_epoch=False.")
     return lambda step: schedule((step // steps_per_epoch) * steps_per_epoch)
 
 

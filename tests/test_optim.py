@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from ssljax import optim
-from ssljax.config import base_config
+from ssljax.config import ConfigError, base_config
 
 
 def opt_cfg(**kw):
@@ -67,6 +67,21 @@ def test_schedule_stepped_per_epoch_is_constant_within_an_epoch():
     for e in range(5):
         assert len(set(values[e * 10:(e + 1) * 10])) == 1
     assert values[10] < values[0]
+
+
+def test_per_epoch_warmup_from_zero_is_refused_and_from_a_fraction_follows_the_epochs():
+    # Held at each epoch's first value, a warm-up from 0 would train epoch 0 at lr 0.
+    with pytest.raises(ConfigError, match="warmup_init"):
+        optim.make_schedule(opt_cfg(lr=0.1, lr_scaling="none", warmup_epochs=2,
+                                    step_per_epoch=True), global_batch_size=256,
+                            total_steps=50, steps_per_epoch=10)
+    cfg = opt_cfg(lr=0.1, lr_scaling="none", warmup_epochs=2, warmup_init=0.03,
+                  step_per_epoch=True)
+    sched = optim.make_schedule(cfg, global_batch_size=256, total_steps=50, steps_per_epoch=10)
+    # CorInfoMax's recipe: epoch 0 at the warm-up start, epoch 1 halfway, epoch 2 at the peak.
+    assert float(sched(0)) == pytest.approx(0.003) and float(sched(9)) == pytest.approx(0.003)
+    assert float(sched(15)) == pytest.approx(0.003 + 0.5 * (0.1 - 0.003))
+    assert float(sched(20)) == pytest.approx(0.1)
 
 
 def test_sqrt_scaling_and_bad_names():
