@@ -315,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     flush()
                     check_finite(step, {"loss": float(metrics["loss"])})  # never save a NaN state
                     ckpt.save(step, ts, meta)
-                if preempted and step < last_step:
+                if preempted:  # also at the last step: exit now, evaluate on the restart
                     logger.warning("Preempted: saved step %d; exiting.", step)
                     writer.close()
                     ckpt.close()

@@ -74,6 +74,34 @@ def test_sigterm_finishes_the_step_saves_it_and_resume_is_exact(straight, tmp_pa
     assert [resumed[s] for s in range(5, TOTAL + 1)] == [straight[s] for s in range(5, TOTAL + 1)]
 
 
+def test_sigterm_in_the_last_step_exits_before_evaluating_and_the_restart_evaluates(
+        tmp_path, monkeypatch):
+    # A SIGTERM that lands in the final step must still stop the process (the cluster kills
+    # it soon after), not run the evaluation; the restart trains nothing and evaluates.
+    workdir = str(tmp_path)
+    cfg = config(total_steps=TOTAL, stop_after_step=-1)
+    write = train.MetricsWriter.write
+
+    def write_then_sigterm(self, step, scalars):
+        write(self, step, scalars)
+        if step == TOTAL - 1:  # written one step late: this happens inside the last step
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(train.MetricsWriter, "write", write_then_sigterm)
+    with pytest.raises(train.Preempted) as info:
+        train.train_and_evaluate(cfg, workdir, mesh=sharding.make_mesh(1))
+    assert info.value.step == TOTAL
+    assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [TOTAL]
+    assert not os.path.exists(os.path.join(workdir, "results.json"))
+    before = losses(workdir)
+
+    monkeypatch.setattr(train.MetricsWriter, "write", write)
+    results = train.train_and_evaluate(cfg, workdir, mesh=sharding.make_mesh(1))
+    assert losses(workdir) == before  # no step ran again
+    assert os.path.exists(os.path.join(workdir, "results.json"))
+    assert 0.0 <= results["linear_probe_top1"] <= 100.0
+
+
 @pytest.mark.integration
 def test_cli_sigterm_exits_75_after_saving(tmp_path):
     workdir = tmp_path / "run"
