@@ -127,7 +127,14 @@ def test_vit_drops_exactly_the_masked_tokens():
         "vit_tiny": 192, "vit_small": 384, "vit_base": 768}
 
 
-@pytest.mark.parametrize("name", methods.available())
+# One method of each family in the default run; every other registered method with the
+# end-to-end checks (make test-integration).
+VIT_DEFAULT_RUN = ("simclr", "mrcl", "moco", "metamask", "corinfomax", "selfcon")
+
+
+@pytest.mark.parametrize("name", [
+    pytest.param(n, marks=() if n in VIT_DEFAULT_RUN else pytest.mark.integration)
+    for n in methods.available()])
 def test_every_method_builds_with_a_vit_backbone(name):
     if name in ("infomin_views", "view_contrast"):
         pytest.skip("learned / colour-space views are defined on colour images, not patches")

@@ -35,8 +35,12 @@ def _param_shapes(net, x):
     return variables["params"], out
 
 
-@pytest.mark.parametrize("name,stem", [("resnet18", "cifar"), ("resnet34", "imagenet"),
-                                       ("resnet50", "cifar")])
+# ResNet-18 in the default run; the deeper layouts (tracing only, but slow) with the
+# end-to-end checks.
+@pytest.mark.parametrize("name,stem", [
+    ("resnet18", "cifar"),
+    pytest.param("resnet34", "imagenet", marks=pytest.mark.integration),
+    pytest.param("resnet50", "cifar", marks=pytest.mark.integration)])
 @pytest.mark.parametrize("kind", ["fc", "same", "small"])
 def test_exits_have_the_right_shapes_for_every_kind_and_position(name, stem, kind):
     width = 4
@@ -247,7 +251,7 @@ def run_steps(name, num_devices, initial=None, **overrides):
     return initial, metrics, jax.device_get(ts.params)
 
 
-@pytest.mark.parametrize("variant", ["S", "M*"])
+@pytest.mark.parametrize("variant", ["S", pytest.param("M*", marks=pytest.mark.integration)])
 def test_eight_devices_equal_one_device(variant):
     overrides = {} if variant == "S" else {"selfcon.multiview": True, "data.num_views": 2,
                                            "selfcon.anchors": "subnet"}
