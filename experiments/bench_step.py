@@ -26,6 +26,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's).")
 _STEPS = flags.DEFINE_integer("steps", 5, "Steps per timed repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats (the median is reported).")
+_TRACE = flags.DEFINE_string("trace_dir", "", "Also write a profiler trace of 2 steps here (Perfetto / TensorBoard).")
 _PIPELINE_BATCHES = flags.DEFINE_integer("pipeline_batches", 30, "Batches for the pipeline figure.")
 
 
@@ -69,6 +70,11 @@ def main(argv):
         jax.block_until_ready(metrics)
         times.append((time.perf_counter() - t0) / _STEPS.value)
     step_time = statistics.median(times)
+    if _TRACE.value:
+        with jax.profiler.trace(_TRACE.value, create_perfetto_trace=True):
+            for _ in range(2):
+                ts, metrics = steps.train_step(ts, batch, rng)
+            jax.block_until_ready(metrics)
     print(f"jax {jax.__version__} devices={mesh.devices.size} method={config.method} "
           f"model={config.model.name} width={config.model.width} batch={config.batch_size} "
           f"size={config.data.image_size} dtype={config.model.dtype}: "

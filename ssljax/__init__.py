@@ -9,4 +9,9 @@ Where things live:
   ssljax.evaluate  online probe, kNN and linear probes
 """
 
+from ssljax.xla_flags import apply_cpu_defaults as _apply_cpu_defaults
+
+# Faster CPU kernels for the train step; must precede JAX's backend start-up (see xla_flags).
+_apply_cpu_defaults()
+
 __version__ = "0.1.0"
