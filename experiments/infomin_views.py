@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.join(REPO, "configs"))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
+from report_notes import kept_notes  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 150, "Training steps of every stage.")
 _BATCH = flags.DEFINE_integer("batch", 128, "Global batch size.")
@@ -190,6 +191,9 @@ def main(argv):
                      f"{r['knn_top1']:.2f} |")
     lines += ["", f"What the learned views look like: `{_PICTURE.value}` (view 1 in gray, view 2's"
               " two channels as red and green, each min-max scaled)."]
+    notes = kept_notes(_REPORT.value)
+    if notes:
+        lines += [""] + notes
     with open(_REPORT.value, "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
 from absl import app, flags  # noqa: E402
+from report_notes import kept_notes  # noqa: E402
 
 _STEPS = flags.DEFINE_integer("steps", 60, "Training steps per run (batch 256).")
 _SEEDS = flags.DEFINE_list("seeds", "0,1,2", "Seeds.")
@@ -51,6 +52,16 @@ def done_runs(path):
     return {(r["method"], r["seed"], r["steps"]): r for r in rows}
 
 
+def status_line(rows):
+    expected = {(m, int(s)) for m in _METHODS.value for s in _SEEDS.value}
+    missing = expected - {(r["method"], r["seed"]) for r in rows}
+    if not missing:
+        return (f"All {len(expected)} runs finished. Finished runs are reused from"
+                " `runs/views_fmnist/results.jsonl`; a fresh checkout runs them all again.")
+    return (f"Runs finished so far ({len(missing)} missing); rerun the command to add them"
+            " (finished runs are reused from `runs/views_fmnist/results.jsonl`).")
+
+
 def write_report(rows, steps, path):
     lines = [
         "# MoCo v2, BYOL, InfoMin and SimCLR on Fashion-MNIST, same budget",
@@ -70,8 +81,7 @@ def write_report(rows, steps, path):
         f" --train_examples={_TRAIN_EXAMPLES.value}",
         "```",
         "",
-        "Runs finished so far; rerun the command to add the missing seeds (finished runs are"
-        " reused from `runs/views_fmnist/results.jsonl`).",
+        status_line(rows),
         "",
         "| method | n | linear top-1 | kNN top-1 | pre-training s / run |",
         "|---|---|---|---|---|",
@@ -92,6 +102,9 @@ def write_report(rows, steps, path):
     lines.append("Per run: " + ", ".join(
         f"{r['method']} seed {r['seed']}: {r['linear_probe_top1']:.2f} / {r['knn_top1']:.2f}"
         for r in rows) + ".")
+    notes = kept_notes(path)
+    if notes:
+        lines += [""] + notes
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 
