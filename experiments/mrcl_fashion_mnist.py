@@ -149,9 +149,18 @@ def main(argv):
                         _STEPS.value * _BATCH.value / results["train_time_s"], 1)
                 with open(results_path, "a") as f:
                     f.write(json.dumps(row) + "\n")
-            if variant == "mrcl" and seed == int(_SEEDS.value[0]):
-                save_reconstructions(run_config(variant, seed), workdir,
-                                     os.path.join(_OUT.value, "reconstructions.png"))
+    # The picture comes from the first MRCL run whose checkpoint is on disk (a run listed in
+    # results.jsonl by another machine has none here).
+    for seed in map(int, _SEEDS.value):
+        workdir = os.path.join(_RUNS.value, f"mrcl_seed{seed}")
+        if os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
+                name.isdigit() for name in os.listdir(os.path.join(workdir, "checkpoints"))):
+            save_reconstructions(run_config("mrcl", seed), workdir,
+                                 os.path.join(_OUT.value, "reconstructions.png"))
+            break
+    else:
+        logging.warning("No MRCL checkpoint under %s: reconstructions.png was not redrawn.",
+                        _RUNS.value)
     print_table(results_path)
 
 
