@@ -196,8 +196,8 @@ def write_table(args, runs: dict, speed: dict, command: str) -> str:
         "logged at the end of each run (input pipeline included; median over seeds).",
         "",
         f"Measured on {platform.node() or 'this machine'} ({os.cpu_count()} CPU cores, "
-        f"jax {jax.__version__}, {jax.devices()[0].platform}), a machine shared with other "
-        "jobs: timings are indicative, accuracies are not affected.",
+        f"jax {jax.__version__}, {jax.devices()[0].platform}). Timings depend on what else"
+        " the machine runs; accuracies do not.",
     ]
     return "\n".join(lines) + "\n"
 
