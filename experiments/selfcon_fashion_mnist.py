@@ -37,6 +37,9 @@ sys.path.insert(0, REPO)
 
 from ssljax import data, methods, sharding, train  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report_notes import kept_notes  # noqa: E402
+
 log = logging.getLogger("selfcon_fmnist")
 
 # name -> (config file, overrides)
@@ -204,13 +207,9 @@ def write_table(args, runs: dict, speed: dict, command: str) -> str:
 
 def save(path: str, table: str) -> None:
     """Write the table, keeping a hand-written ``## Notes`` section of an earlier file."""
-    notes = ""
-    if os.path.exists(path):
-        old = open(path).read()
-        if "\n## Notes" in old:
-            notes = "\n" + old[old.index("\n## Notes") + 1:]
+    notes = kept_notes(path)
     with open(path, "w") as f:
-        f.write(table + notes)
+        f.write(table + ("\n" + "\n".join(notes) + "\n" if notes else ""))
 
 
 def main() -> None:
