@@ -82,6 +82,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.online_probe = True
     c.eval.probe_lr = 1e-3  # Adam on a stop-gradient linear head
     c.eval.batch_size = 1024  # feature extraction
+    # Side of the images the probes see. 0: in-memory datasets (MNIST-like, CIFAR, STL) at
+    # their own size, streamed ones (ImageNet) at data.image_size. > 0: resized (bilinear,
+    # antialiased) and centre-cropped to it, e.g. to evaluate at a reduced training resolution.
+    c.eval.image_size = 0
     c.eval.knn_k = 200
     c.eval.knn_temperature = 0.1
     c.eval.linear_epochs = 30

@@ -355,6 +355,7 @@ def evaluate_encoder(config, method, ts, mesh, info) -> dict:
     and have no raw-pixel baseline (224 x 224 x 3 pixels are not a useful linear probe).
     """
     ec = config.eval
+    eval_size = ec.get("image_size", 0) or None
     train_split = config.data.train_split or info.train_split
     test_split = config.data.test_split or info.test_split
     if info.in_memory:
@@ -366,11 +367,14 @@ def evaluate_encoder(config, method, ts, mesh, info) -> dict:
             train_images, train_labels = (train_images[:ec.train_examples],
                                           train_labels[:ec.train_examples])
         image_shape = train_images.shape[1:]
+        if eval_size:
+            image_shape = (eval_size, eval_size, image_shape[-1])
     else:
         stream_train_examples = ec.train_examples if ec.train_examples > 0 else 100_000
         logger.info("Streaming %s for evaluation: %d training examples for the probes, every "
                     "%s example scored.", config.data.name, stream_train_examples, test_split)
-        image_shape = (config.data.image_size, config.data.image_size, info.image_shape[-1])
+        eval_size = eval_size or config.data.image_size
+        image_shape = (eval_size, eval_size, info.image_shape[-1])
 
     def score(prefix: str, train_x, train_y, test_x, test_y, logits: list | None = None) -> dict:
         t0 = time.time()
@@ -412,13 +416,14 @@ def evaluate_encoder(config, method, ts, mesh, info) -> dict:
         embed = lambda x: method.embed_named(params, state, x)  # noqa: E731
         batch_size = ec.batch_size - ec.batch_size % mesh.devices.size
         if info.in_memory:
-            kw = dict(mesh=mesh, batch_size=batch_size, mean=info.mean, std=info.std)
+            kw = dict(mesh=mesh, batch_size=batch_size, mean=info.mean, std=info.std,
+                      image_size=eval_size)
             return (evaluate.extract_features(embed, train_images, train_labels, **kw),
                     evaluate.extract_features(embed, test_images, test_labels, **kw))
 
         def stream(split, max_examples):
             return data.make_tfds_eval_stream(
-                config.data.name, split, batch_size=batch_size, image_size=config.data.image_size,
+                config.data.name, split, batch_size=batch_size, image_size=eval_size,
                 mean=info.mean, std=info.std, data_dir=config.data.data_dir,
                 max_examples=max_examples)
 

@@ -153,3 +153,39 @@ def test_missing_dataset_names_the_fix(tmp_path):
     cfg = tiny_config(**{"data.name": "cifar10", "data.data_dir": str(tmp_path)})
     with pytest.raises(data.DatasetNotFoundError, match="tfds build cifar10"):
         train.train_and_evaluate(cfg, str(tmp_path / "run"), mesh=sharding.make_mesh(1))
+
+
+class _PixelMethod:
+    """A stand-in encoder whose features are its input pixels, flattened: the feature width
+    tells which resolution the probes were given."""
+
+    def init_model(self, rng, batch):
+        return {}, {}
+
+    def embed_named(self, params, state, images):
+        return {"": images.reshape(images.shape[0], -1)}
+
+
+@pytest.mark.parametrize("eval_size, width", [(0, 28 * 28), (14, 14 * 14)])
+def test_eval_image_size_sets_the_probe_resolution(eval_size, width, monkeypatch):
+    from ssljax import data
+    seen = []
+    real_score = train.evaluate.linear_probe
+
+    def spy(train_x, *args, **kwargs):
+        seen.append(np.asarray(train_x).shape[1])
+        return real_score(train_x, *args, **kwargs)
+
+    monkeypatch.setattr(train.evaluate, "linear_probe", spy)
+    cfg = tiny_config(**{"data.train_split": "train[:512]", "data.test_split": "test[:256]",
+                         "eval.image_size": eval_size, "eval.baselines": True,
+                         "eval.knn_k": 10})
+    info = data.dataset_info("fashion_mnist")
+    results = train.evaluate_encoder(cfg, _PixelMethod(), type("TS", (), {"params": {}, "state": {}}),
+                                     sharding.make_mesh(1), info)
+    # Pre-trained and random encoder at the evaluation size; raw pixels always at full size.
+    assert seen == [width, width, 28 * 28]
+    if eval_size == 0:  # the pixel "encoder" at full size is the raw-pixel baseline itself
+        assert results["knn_top1"] == results["raw_pixels_knn_top1"]
+    else:  # halving the resolution keeps most of what raw pixels tell apart
+        assert abs(results["knn_top1"] - results["raw_pixels_knn_top1"]) < 10
