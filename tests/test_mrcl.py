@@ -256,10 +256,11 @@ def test_reconstruction_only_ablation_reconstructs_every_patch():
 def test_neither_ablation_is_simclr(monkeypatch):
     from ssljax.methods import base
     monkeypatch.setattr(base, "build_backbone", lambda cfg: small_backbone("resnet"))
-    cfg = tiny_config("mrcl", **{"mrcl.temperature": 0.2})
+    simclr_cfg = tiny_config("simclr")
+    cfg = tiny_config("mrcl", **{"mrcl.temperature": simclr_cfg.loss.temperature})
     cfg.data.mask.ratio, cfg.mrcl.rec_on, cfg.mrcl.lambda_rec = 0.0, "all", 0.0
     mrcl = methods.get_method("mrcl")(cfg, num_classes=10)
-    simclr = methods.get_method("simclr")(tiny_config("simclr"), num_classes=10)
+    simclr = methods.get_method("simclr")(simclr_cfg, num_classes=10)
     batch = make_batch(1, cfg)
     params, state = mrcl.init_model(train.init_key(0), batch)
     s_params, _ = simclr.init_model(train.init_key(0), batch)

@@ -34,6 +34,8 @@ def tiny_config(**overrides):
     c.model.stem_stride = 1
     c.projector.hidden_dims = (32,)
     c.projector.out_dim = 16
+    # T 0.2 (the main job's is 0.1): sharper logits magnify summation-order differences.
+    c.loss.temperature = 0.2
     c.batch_size = 16
     c.total_steps = 6
     c.log_every = 1

@@ -227,8 +227,10 @@ def _sharpness(x, v, s, fill):
     kernel = tf.tile(kernel[:, :, None, None], [1, 1, c, 1])
     smooth = tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "VALID")
     smooth = tf.clip_by_value(tf.floor(smooth + 0.5), 0.0, 255.0)
-    smooth = tf.pad(smooth, [[0, 0], [1, 1], [1, 1], [0, 0]])
     h, w = x.shape[1], x.shape[2]
+    # The slice is a no-op, except for an empty batch (no image drew this op), where
+    # TensorFlow's oneDNN kernel returns the input's size instead of the VALID size.
+    smooth = tf.pad(smooth, [[0, 0], [1, 1], [1, 1], [0, 0]])[:, :h, :w]
     interior = tf.pad(tf.ones([h - 2, w - 2], tf.bool), [[1, 1], [1, 1]])
     degenerate = tf.where(interior[None, :, :, None], smooth, x)
     return _blend(degenerate, x, _enhance_factor(v))
