@@ -132,16 +132,32 @@ def test_cli_sigterm_exits_75_after_saving(tmp_path):
     assert max(losses(str(workdir))) == saved[0]
 
 
-@pytest.mark.integration
-@pytest.mark.parametrize("when", ["created", "commit"])
-def test_checkpoint_killed_mid_write_is_never_restored(straight, tmp_path, when):
-    workdir = str(tmp_path)
-    spec = dict(method="simclr", devices=1, kill_at_step=4, kill_when=when,
-                overrides=dict(total_steps=TOTAL + 2, stop_after_step=TOTAL,
-                                   checkpoint_every=2))
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tests", "_tiny_run.py"), workdir,
+def _tiny_run(workdir, **spec):
+    """``tests/_tiny_run.py``: the run in a fresh one-device process, as a user's command."""
+    spec = dict(method="simclr", devices=1, overrides=dict(
+        total_steps=TOTAL + 2, stop_after_step=TOTAL, checkpoint_every=2), **spec)
+    return subprocess.run([sys.executable, os.path.join(REPO, "tests", "_tiny_run.py"), workdir,
                            json.dumps(spec)], cwd=REPO, capture_output=True, text=True,
                           timeout=600)
+
+
+@pytest.fixture(scope="module")
+def straight_command(tmp_path_factory):
+    """An uninterrupted run in its own process. The killed run and its restart are compared
+    with this, not with ``straight``: this test process has 8 fake CPU devices, and on some
+    CPUs (2-core AMD EPYC without AVX-512, 2026-12-02) XLA's thread partitioning then rounds
+    float32 differently (relative 1e-6 at the first step) from a one-device process."""
+    workdir = str(tmp_path_factory.mktemp("straight_command"))
+    proc = _tiny_run(workdir)
+    assert proc.returncode == 0, proc.stderr
+    return losses(workdir)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("when", ["created", "commit"])
+def test_checkpoint_killed_mid_write_is_never_restored(straight_command, tmp_path, when):
+    workdir = str(tmp_path)
+    proc = _tiny_run(workdir, kill_at_step=4, kill_when=when)
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     ckpt_dir = os.path.join(workdir, "checkpoints")
     leftovers = [d for d in os.listdir(ckpt_dir) if d.startswith("4.")]
@@ -149,11 +165,13 @@ def test_checkpoint_killed_mid_write_is_never_restored(straight, tmp_path, when)
     assert checkpoint.Checkpointer(ckpt_dir).all_steps() == [2]  # ...and never listed
     assert sorted(losses(workdir)) == [1, 2, 3, 4]
 
-    # The next run restores step 2, redoes steps 3.. exactly, and saves step 4 again.
-    train.train_and_evaluate(config(checkpoint_every=2), workdir,
-                             mesh=sharding.make_mesh(1))
+    assert [losses(workdir)[s] for s in (1, 2)] == [straight_command[s] for s in (1, 2)]
+
+    # The same command again restores step 2, redoes steps 3.. exactly, saves step 4 again.
+    proc = _tiny_run(workdir)
+    assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
     after = {r["step"]: r["loss"] for r in rows[4:] if "loss" in r}
     assert sorted(after) == list(range(3, TOTAL + 1))
-    assert [after[s] for s in range(3, TOTAL + 1)] == [straight[s] for s in range(3, TOTAL + 1)]
+    assert [after[s] for s in range(3, TOTAL + 1)] == [straight_command[s] for s in range(3, TOTAL + 1)]
     assert checkpoint.Checkpointer(ckpt_dir).all_steps() == [4, 6, 8]
