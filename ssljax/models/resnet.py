@@ -25,6 +25,8 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from ssljax.models.conv import conv_general_dilated
+
 __all__ = [
     "BasicBlock",
     "Bottleneck",
@@ -84,6 +86,8 @@ def _conv(features: int, kernel: int, stride: int, dtype: Dtype, name: str) -> n
         kernel_init=conv_kernel_init,
         dtype=dtype,
         param_dtype=jnp.float32,
+        # XLA:CPU is slow on 2x2 outputs (the last stage on 28/32-px images): see models/conv.py.
+        conv_general_dilated=conv_general_dilated,
         name=name,
     )
 
