@@ -9,10 +9,16 @@ cd "$(dirname "$0")/.."
 TORCH_PY=${1:-/tmp/torchenv/bin/python}
 PY=${PY:-.venv/bin/python}
 PEER=../shared/bench/torch_simclr_step.py
+for stride in 1 2; do
 for width in 16 32; do
-  echo "== batch 128, 28x28x1, width $width, stride-1 3x3 stem, projector 2048-128, SGD"
+  echo "== batch 128, 28x28x1, width $width, stride-$stride 3x3 stem, projector 2048-128, SGD"
   if [ -x "$TORCH_PY" ] && [ -f "$PEER" ]; then
-    "$TORCH_PY" "$PEER" --batch 128 --size 28 --channels 1 --width $width 2>/dev/null | grep images/s
+    if [ "$stride" = 1 ]; then
+      "$TORCH_PY" "$PEER" --batch 128 --size 28 --channels 1 --width $width 2>/dev/null | grep images/s
+    else  # the peer's stem has a fixed stride; this wrapper sets it
+      "$TORCH_PY" experiments/peer_stem_stride.py --stem-stride $stride --batch 128 --size 28 \
+        --channels 1 --width $width 2>/dev/null | grep images/s
+    fi
   else
     echo "(no PyTorch peer: install it as ../shared/bench/README.md says)"
   fi
@@ -20,9 +26,10 @@ for width in 16 32; do
     echo -n "ssljax (SSLJAX_XLA_CPU_DEFAULTS=$defaults): "
     SSLJAX_XLA_CPU_DEFAULTS=$defaults "$PY" experiments/bench_step.py \
       --config=configs/simclr.py:fashion_mnist --batch 128 --config.model.width=$width \
-      --config.model.stem_stride=1 --config.projector.hidden_dims="(2048,)" \
+      --config.model.stem_stride=$stride --config.projector.hidden_dims="(2048,)" \
       --config.optimizer.name=sgd --steps 3 --repeats 3 --pipeline_batches 2 2>/dev/null | grep images/s
   done
+done
 done
 echo "== the main job's step: configs/simclr.py:fashion_mnist (batch 256, width 16, stride-2 stem, LARS)"
 for defaults in 1 0; do
