@@ -81,12 +81,14 @@ def test_two_processes_train_as_one(runs):
     assert sorted(l2) == [1, 2, 3, 4, 5]
     # Same global batch, same global objective: a per-process batch, per-process BatchNorm
     # statistics or a per-process covariance would move step 1 by percents.
-    np.testing.assert_allclose([l2[s] for s in (1, 2, 3)], [l1[s] for s in (1, 2, 3)],
+    np.testing.assert_allclose([l2[s] for s in (1, 2)], [l1[s] for s in (1, 2)],
                                rtol=1e-5, err_msg=method)
     # Later steps loosely: the cross-process all-reduce sums in another order, and this tiny
-    # net magnifies float32 rounding (measured for SimCLR: 3e-6 at step 3, 1e-3 at step 4).
-    np.testing.assert_allclose([l2[s] for s in (4, 5)], [l1[s] for s in (4, 5)], rtol=2e-2,
-                               err_msg=method)
+    # net magnifies float32 rounding. Measured for SimCLR with the 2x2 convolutions as matrix
+    # products (ssljax/models/conv.py): 7e-7 at step 2, 2e-3 at step 3, 1.4e-2 at step 4,
+    # 1.9e-2 at step 5; with XLA's convolution there, 3e-6 at step 3 and 1e-3 at step 4.
+    np.testing.assert_allclose([l2[s] for s in (3, 4, 5)], [l1[s] for s in (3, 4, 5)],
+                               rtol=5e-2, err_msg=method)
     # Process 0 logs; process 1 stays quiet.
     assert "step 5/5" in outs[0].stderr
     assert not re.search(r"step \d+/\d+ \|", outs[1].stderr)
