@@ -70,8 +70,9 @@ def main(argv):
         for conv in (lax_conv, matmul_conv):
             grad = jax.jit(jax.grad(lambda x, w, conv=conv: jnp.sum(conv(x, w) ** 2), (0, 1)))
             times.append(_median_ms(grad, x, w))
-        diff = float(jnp.max(jnp.abs(lax_conv(x, w) - matmul_conv(x, w))))
-        out = lax_conv(x, w).shape[1]
+        y = lax_conv(x, w)
+        diff = float(jnp.max(jnp.abs(y - matmul_conv(x, w))))
+        out = y.shape[1]
         print(f"{size:>4}px {c_in:>5}->{c_out:<5} {k:>2} {s:>2} {out:>3}px {times[0]:9.2f} "
               f"{times[1]:10.2f} {times[0] / times[1]:6.2f}x {diff:11.1e}", flush=True)
 

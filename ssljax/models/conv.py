@@ -41,6 +41,10 @@ __all__ = ["MAX_MATMUL_OUTPUT", "conv_general_dilated", "conv_as_matmul"]
 MAX_MATMUL_OUTPUT = 2
 
 
+def _out_size(size: int, kernel: int, stride: int, pads: tuple[int, int]) -> int:
+    return (size + pads[0] + pads[1] - kernel) // stride + 1
+
+
 def conv_as_matmul(lhs, rhs, window_strides: Sequence[int], padding: Sequence[tuple[int, int]],
                    precision=None):
     """2-D convolution of NHWC ``lhs`` with HWIO ``rhs`` as one product of patches and kernel.
@@ -53,10 +57,9 @@ def conv_as_matmul(lhs, rhs, window_strides: Sequence[int], padding: Sequence[tu
     if c_in != c:
         raise ValueError(f"Kernel expects {c_in} input channels, the input has {c}.")
     sh, sw = window_strides
-    (pt, pb), (pl, pr) = padding
-    ho = (h + pt + pb - kh) // sh + 1
-    wo = (w + pl + pr - kw) // sw + 1
-    x = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
+    ho = _out_size(h, kh, sh, padding[0])
+    wo = _out_size(w, kw, sw, padding[1])
+    x = jnp.pad(lhs, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
     windows = [
         lax.slice(x, (0, i, j, 0), (b, i + (ho - 1) * sh + 1, j + (wo - 1) * sw + 1, c),
                   (1, sh, sw, 1))
@@ -97,8 +100,8 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
         if isinstance(padding, str):
             padding = lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2], window_strides, padding)
         padding = tuple(tuple(p) for p in padding)
-        ho = (lhs.shape[1] + sum(padding[0]) - rhs.shape[0]) // window_strides[0] + 1
-        wo = (lhs.shape[2] + sum(padding[1]) - rhs.shape[1]) // window_strides[1] + 1
-        if max(ho, wo) <= MAX_MATMUL_OUTPUT:
+        out = [_out_size(lhs.shape[1 + d], rhs.shape[d], window_strides[d], padding[d])
+               for d in (0, 1)]
+        if max(out) <= MAX_MATMUL_OUTPUT:
             return conv_as_matmul(lhs, rhs, window_strides, padding, precision)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args)
