@@ -39,6 +39,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.model = ml_collections.ConfigDict()
     c.model.name = "resnet18"
     c.model.width = 64
+    # One channel count per stage (e.g. (32, 64, 128, 384)); empty: width * 2**k.
+    c.model.stage_widths = ()
     c.model.stem = "cifar"
     c.model.stem_stride = 1
     c.model.zero_init_residual = False

@@ -170,6 +170,54 @@ def test_unknown_names_raise():
         resnet("resnet18", width=4, stem="tiny").init(jax.random.key(0), x, train=False)
 
 
+def _basic_resnet18_params(c_in: int, stem: int, widths) -> int:
+    """Hand count of a CIFAR-stem ResNet-18 (3x3 convs without bias, BN scale + bias)."""
+    n = 9 * c_in * stem + 2 * stem
+    prev = stem
+    for k, c in enumerate(widths):
+        n += 9 * prev * c + 2 * c + 9 * c * c + 2 * c  # block 0
+        if k > 0 or prev != c:
+            n += prev * c + 2 * c  # 1x1 projection shortcut + BN
+        n += 2 * (9 * c * c + 2 * c)  # block 1
+        prev = c
+    return n
+
+
+def test_stage_widths_set_each_stage_and_the_feature_dim():
+    widths = (4, 8, 12, 20)
+    model = resnet("resnet18", width=4, stage_widths=widths, stem_stride=2)
+    (pooled, stages), variables = jax.eval_shape(
+        lambda: model.init_with_output(
+            jax.random.key(0), jnp.zeros((2, 28, 28, 1)), train=False, return_stages=True
+        )
+    )
+    assert model.feature_dim == 20 and pooled.shape == (2, 20)
+    assert [stages[k].shape[-1] for k in ("stem", "stage1", "stage2", "stage3", "stage4")] == [
+        4, 4, 8, 12, 20
+    ]
+    assert _count(variables["params"]) == _basic_resnet18_params(1, 4, widths)
+    # The default, width * 2**k, is the same count as spelling it out.
+    default = jax.eval_shape(lambda: resnet("resnet18", width=4).init(
+        jax.random.key(0), jnp.zeros((1, 28, 28, 1)), train=False))
+    assert _count(default["params"]) == _basic_resnet18_params(1, 4, (4, 8, 16, 32))
+    assert resnet("resnet50", width=4, stage_widths=(4, 8, 16, 24)).feature_dim == 96
+
+
+def test_stage_widths_spelled_out_equal_the_default():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 16, 16, 3)), jnp.float32)
+    a, b = resnet("resnet18", width=4), resnet("resnet18", width=4, stage_widths=(4, 8, 16, 32))
+    va = a.init(rbg_key(), x, train=False)
+    vb = b.init(rbg_key(), x, train=False)
+    assert jax.tree.structure(va) == jax.tree.structure(vb)
+    np.testing.assert_array_equal(a.apply(va, x, train=False), b.apply(vb, x, train=False))
+
+
+def test_stage_widths_of_the_wrong_length_raise():
+    model = resnet("resnet18", width=4, stage_widths=(8, 16, 32))
+    with pytest.raises(ValueError, match="one width per stage"):
+        model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)
+
+
 # ---------------------------------------------------------------------------
 # Parameter counts vs torchvision (fc removed; BN running stats excluded)
 
@@ -485,3 +533,14 @@ def test_bfloat16_compute_float32_params_and_output():
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(_init_shapes(head, (2, 64))))
     z, _ = japply(head, random_variables(head, out16), out16, train=True)
     assert z.dtype == jnp.float32
+
+
+def test_config_stage_widths_reach_the_backbone():
+    from ssljax.config import base_config
+    from ssljax.methods.base import build_backbone
+
+    c = base_config()
+    c.model.width = 4
+    assert build_backbone(c.model).feature_dim == 32
+    c.model.stage_widths = (4, 8, 16, 40)
+    assert build_backbone(c.model).feature_dim == 40

@@ -58,7 +58,8 @@ def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
     if cfg.name.startswith("vit"):
         return models.vit(cfg.name, patch_size=cfg.get("patch_size", 16),
                           pool=cfg.get("pool", "cls"), dtype=compute_dtype(cfg.dtype))
-    return models.resnet(cfg.name, width=cfg.width, stem=cfg.stem, stem_stride=cfg.stem_stride,
+    return models.resnet(cfg.name, width=cfg.width, stage_widths=tuple(cfg.get("stage_widths", ())),
+                         stem=cfg.stem, stem_stride=cfg.stem_stride,
                          zero_init_residual=cfg.zero_init_residual,
                          dtype=compute_dtype(cfg.dtype))
 

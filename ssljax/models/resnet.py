@@ -246,6 +246,10 @@ class ResNet(nn.Module):
       stage_sizes: number of blocks in each of the (usually 4) stages.
       block: ``'basic'`` or ``'bottleneck'`` (expansion 4).
       width: channels of stage 1; stage k uses ``width * 2**(k-1)`` (times the expansion).
+      stage_widths: channels of each stage (times the expansion), overriding ``width`` for
+        the stages (the stem keeps ``width``); empty (the default) means ``width * 2**k``.
+        E.g. ``(32, 64, 128, 384)``: a wider last stage, i.e. more pooled features, where
+        the feature map is smallest.
       stem: ``'cifar'`` or ``'imagenet'``.
       stem_stride: stride of the CIFAR stem's 3x3 conv (2 makes small CPU runs faster).
       stem_relu: ReLU after the stem BN (MetaMask's official build omits it).
@@ -258,6 +262,7 @@ class ResNet(nn.Module):
     stage_sizes: Sequence[int]
     block: str
     width: int = 64
+    stage_widths: Sequence[int] = ()
     stem: str = "cifar"
     stem_stride: int = 1
     stem_relu: bool = True
@@ -266,18 +271,29 @@ class ResNet(nn.Module):
     bn_eps: float = 1e-5
     dtype: Dtype = jnp.float32
 
+    def stage_width(self, index: int) -> int:
+        """Channels (before the block expansion) of stage number ``index`` (0-based)."""
+        if not self.stage_widths:
+            return self.width * 2**index
+        if len(self.stage_widths) != len(self.stage_sizes):
+            raise ValueError(
+                f"model.stage_widths={tuple(self.stage_widths)} names {len(self.stage_widths)} "
+                f"stages but the ResNet has {len(self.stage_sizes)}; give one width per stage "
+                "or leave it empty for width * 2**k.")
+        return int(self.stage_widths[index])
+
     @property
     def feature_dim(self) -> int:
         """Channels of the last stage, i.e. the dimension of the pooled features."""
         _check_block(self.block)
-        return self.width * 2 ** (len(self.stage_sizes) - 1) * BLOCK_EXPANSION[self.block]
+        return self.stage_width(len(self.stage_sizes) - 1) * BLOCK_EXPANSION[self.block]
 
     def stage_kwargs(self, index: int) -> dict[str, Any]:
         """Keyword arguments of ``ResNetStage`` number ``index`` (0-based) of this network."""
         return dict(
             block=self.block,
             num_blocks=self.stage_sizes[index],
-            features=self.width * 2**index,
+            features=self.stage_width(index),
             strides=1 if index == 0 else 2,
             zero_init_residual=self.zero_init_residual,
             bn_momentum=self.bn_momentum,
