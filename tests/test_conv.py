@@ -58,6 +58,77 @@ def test_matches_numpy_and_lax_with_gradients(size, k, stride, pad):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+# (input h, w, kernel, stride, ((top, bottom), (left, right))): 3x3 on 2x2 (a ResNet's last
+# stage), 1x1 and rectangular maps, stride 2, uneven padding, and cases where the dense form
+# is not the cheaper one (it must still be right).
+DENSE_CASES = [
+    (2, 2, 3, 1, ((1, 1), (1, 1))),
+    (1, 1, 3, 1, ((1, 1), (1, 1))),
+    (2, 1, 3, 1, ((1, 1), (1, 1))),
+    (2, 2, 3, 2, ((1, 1), (1, 1))),
+    (3, 2, 3, 1, ((0, 2), (1, 0))),
+    (4, 4, 3, 2, ((1, 1), (1, 1))),
+    (3, 3, 1, 1, ((0, 0), (0, 0))),
+]
+
+
+@pytest.mark.parametrize("h,w,k,stride,padding", DENSE_CASES)
+def test_dense_form_matches_lax_with_gradients(h, w, k, stride, padding):
+    rng = np.random.default_rng(2)
+    x = jnp.asarray(rng.normal(size=(3, h, w, 5)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(k, k, 5, 7)), jnp.float32)
+    strides = (stride, stride)
+    dense = conv_lib.conv_as_dense(x, kernel, strides, padding)
+    ref = _lax(x, kernel, strides, padding)
+    assert dense.shape == ref.shape
+    np.testing.assert_allclose(dense, ref, rtol=1e-5, atol=1e-5)
+    cot = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
+    g_dense = jax.grad(lambda x, k: jnp.sum(conv_lib.conv_as_dense(x, k, strides, padding) * cot),
+                       (0, 1))(x, kernel)
+    g_lax = jax.grad(lambda x, k: jnp.sum(_lax(x, k, strides, padding) * cot), (0, 1))(x, kernel)
+    for a, b in zip(g_dense, g_lax):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_dense_form_of_a_hand_case():
+    """One channel, 2x2 input, 3x3 kernel, SAME: each output is the four inputs weighted by
+    the kernel taps that reach them, by hand."""
+    x = np.array([[1.0, 2.0], [3.0, 4.0]])
+    k = np.arange(9.0).reshape(3, 3)  # k[a, b]: output (i, j) meets input (p, q) at a = p - i + 1
+    want = np.array([[1 * k[1, 1] + 2 * k[1, 2] + 3 * k[2, 1] + 4 * k[2, 2],
+                      1 * k[1, 0] + 2 * k[1, 1] + 3 * k[2, 0] + 4 * k[2, 1]],
+                     [1 * k[0, 1] + 2 * k[0, 2] + 3 * k[1, 1] + 4 * k[1, 2],
+                      1 * k[0, 0] + 2 * k[0, 1] + 3 * k[1, 0] + 4 * k[1, 1]]])
+    got = conv_lib.conv_as_dense(jnp.asarray(x[None, :, :, None], jnp.float32),
+                                 jnp.asarray(k[:, :, None, None], jnp.float32), (1, 1),
+                                 ((1, 1), (1, 1)))
+    np.testing.assert_allclose(np.asarray(got)[0, :, :, 0], want, rtol=1e-6)
+
+
+def _dot_contractions(fn, *args):
+    """The contracted size of every dot_general in ``fn``'s jaxpr."""
+    sizes = []
+    for e in jax.make_jaxpr(fn)(*args).jaxpr.eqns:
+        if e.primitive.name == "dot_general":
+            (lhs_contract, _), _ = e.params["dimension_numbers"]
+            shape = e.invars[0].aval.shape
+            sizes.append(int(np.prod([shape[d] for d in lhs_contract])))
+    return sizes
+
+
+@pytest.mark.parametrize("size,stride,k,contracted", [
+    (2, 1, 3, 2 * 2 * 4),   # 2x2 map, 3x3 kernel: dense (4 pixels < 9 taps)
+    (1, 1, 3, 1 * 1 * 4),   # 1x1 map: dense, only the centre tap
+    (4, 2, 3, 3 * 3 * 4),   # stride 2 from 4x4: 16 pixels > 9 taps, patches
+    (4, 2, 1, 1 * 1 * 4),   # 1x1 shortcut: patches (one tap)
+])
+def test_dense_or_patches_by_cost(size, stride, k, contracted):
+    x = jnp.zeros((2, size, size, 4))
+    w = jnp.zeros((k, k, 4, 6))
+    pad = ((k // 2, k // 2),) * 2
+    assert _dot_contractions(lambda x, w: _ours(x, w, (stride, stride), pad), x, w) == [contracted]
+
+
 def test_string_padding_is_resolved_like_lax():
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(2, 3, 3, 4)), jnp.float32)

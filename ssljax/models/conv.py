@@ -33,9 +33,10 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-__all__ = ["MAX_MATMUL_OUTPUT", "conv_general_dilated", "conv_as_matmul"]
+__all__ = ["MAX_MATMUL_OUTPUT", "conv_general_dilated", "conv_as_matmul", "conv_as_dense"]
 
 # Largest output height/width (pixels) computed as a matrix product on the CPU.
 MAX_MATMUL_OUTPUT = 2
@@ -71,6 +72,38 @@ def conv_as_matmul(lhs, rhs, window_strides: Sequence[int], padding: Sequence[tu
     return y.reshape(b, ho, wo, c_out)
 
 
+def conv_as_dense(lhs, rhs, window_strides: Sequence[int],
+                  padding: Sequence[tuple[int, int]], precision=None):
+    """2-D convolution of NHWC ``lhs`` with HWIO ``rhs`` as one dense layer on the flat map.
+
+    Every (input pixel, output pixel) pair gets the kernel tap that joins them, or zeros
+    where none does: a ``(H * W * C_in, Ho * Wo * C_out)`` matrix gathered from the kernel,
+    by which the flattened input is multiplied. That costs ``H * W`` multiply-adds per output
+    pixel and channel pair against ``kh * kw`` for :func:`conv_as_matmul`: fewer where the
+    input has fewer pixels than the kernel has taps, as a 3x3 convolution on a 2x2 map
+    (4 against 9, since 5 of the 9 taps of every patch land on padding). Any size works.
+    """
+    b, h, w, c = lhs.shape
+    kh, kw, c_in, c_out = rhs.shape
+    if c_in != c:
+        raise ValueError(f"Kernel expects {c_in} input channels, the input has {c}.")
+    ho = _out_size(h, kh, window_strides[0], padding[0])
+    wo = _out_size(w, kw, window_strides[1], padding[1])
+
+    def taps(size, out, kernel, stride, pad_before):
+        # tap[p, i]: kernel index joining input p to output i; `kernel` (a zero tap) if none.
+        t = np.arange(size)[:, None] + pad_before - stride * np.arange(out)[None, :]
+        return np.where((t >= 0) & (t < kernel), t, kernel)
+
+    rows = taps(h, ho, kh, window_strides[0], padding[0][0])
+    cols = taps(w, wo, kw, window_strides[1], padding[1][0])
+    kernel = jnp.pad(rhs, ((0, 1), (0, 1), (0, 0), (0, 0)))  # index kh / kw: zeros
+    dense = kernel[rows[:, None, :, None], cols[None, :, None, :]]  # [H, W, Ho, Wo, C, O]
+    dense = dense.transpose(0, 1, 4, 2, 3, 5).reshape(h * w * c, ho * wo * c_out)
+    y = jnp.dot(lhs.reshape(b, h * w * c), dense, precision=precision)
+    return y.reshape(b, ho, wo, c_out)
+
+
 def _is_nhwc_hwio(lhs_shape, rhs_shape, dimension_numbers) -> bool:
     if dimension_numbers is None:  # lax's default is NCHW / OIHW
         return False
@@ -103,5 +136,9 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
         out = [_out_size(lhs.shape[1 + d], rhs.shape[d], window_strides[d], padding[d])
                for d in (0, 1)]
         if max(out) <= MAX_MATMUL_OUTPUT:
+            # Per output pixel and channel pair the dense form costs H * W multiply-adds
+            # and the patch form kh * kw: take the cheaper.
+            if lhs.shape[1] * lhs.shape[2] < rhs.shape[0] * rhs.shape[1]:
+                return conv_as_dense(lhs, rhs, window_strides, padding, precision)
             return conv_as_matmul(lhs, rhs, window_strides, padding, precision)
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **args)
