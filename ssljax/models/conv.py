@@ -90,16 +90,25 @@ def conv_as_dense(lhs, rhs, window_strides: Sequence[int],
     ho = _out_size(h, kh, window_strides[0], padding[0])
     wo = _out_size(w, kw, window_strides[1], padding[1])
 
-    def taps(size, out, kernel, stride, pad_before):
-        # tap[p, i]: kernel index joining input p to output i; `kernel` (a zero tap) if none.
-        t = np.arange(size)[:, None] + pad_before - stride * np.arange(out)[None, :]
-        return np.where((t >= 0) & (t < kernel), t, kernel)
+    zeros = jnp.zeros((c, c_out), rhs.dtype)
 
-    rows = taps(h, ho, kh, window_strides[0], padding[0][0])
-    cols = taps(w, wo, kw, window_strides[1], padding[1][0])
-    kernel = jnp.pad(rhs, ((0, 1), (0, 1), (0, 0), (0, 0)))  # index kh / kw: zeros
-    dense = kernel[rows[:, None, :, None], cols[None, :, None, :]]  # [H, W, Ho, Wo, C, O]
-    dense = dense.transpose(0, 1, 4, 2, 3, 5).reshape(h * w * c, ho * wo * c_out)
+    def tap(p, i, size_k, stride, pad_before):
+        t = p + pad_before - stride * i  # kernel index joining input p to output i
+        return t if 0 <= t < size_k else None
+
+    # Built from static slices and concatenations (no gather: its gradient would be a
+    # scatter-add, which is slow on the CPU). Rows: input pixels; columns: output pixels.
+    rows = []
+    for p in range(h):
+        for q in range(w):
+            blocks = []
+            for i in range(ho):
+                for j in range(wo):
+                    a = tap(p, i, kh, window_strides[0], padding[0][0])
+                    e = tap(q, j, kw, window_strides[1], padding[1][0])
+                    blocks.append(zeros if a is None or e is None else rhs[a, e])
+            rows.append(jnp.concatenate(blocks, axis=1))
+    dense = jnp.concatenate(rows, axis=0)  # [H * W * C, Ho * Wo * O]
     y = jnp.dot(lhs.reshape(b, h * w * c), dense, precision=precision)
     return y.reshape(b, ho, wo, c_out)
 
