@@ -16,12 +16,19 @@ output, channels              XLA conv  patches @ kernel  ratio
 ===========================  ========  ==============  =====
 
 For outputs of at most ``MAX_MATMUL_OUTPUT`` pixels on a side, :func:`conv_general_dilated`
-gathers the kh x kw shifted (strided) windows of the padded input side by side and multiplies
-them by the kernel reshaped to ``(kh * kw * C_in, C_out)``: one matrix product, which XLA
-differentiates into two more. Larger outputs, other backends, and anything it does not
-handle (dilation, grouped convolutions, layouts other than NHWC/HWIO) go to
-``jax.lax.conv_general_dilated`` unchanged. Both compute the same sum; they differ by float32
-rounding only (relative 1e-6).
+computes the convolution as one matrix product, which XLA differentiates into two more, in
+whichever of two forms costs fewer multiply-adds:
+
+- :func:`conv_as_matmul` gathers the kh x kw shifted (strided) windows of the padded input
+  side by side and multiplies them by the kernel reshaped to ``(kh * kw * C_in, C_out)``;
+- :func:`conv_as_dense`, taken where the input map has fewer pixels than the kernel has taps
+  (3x3 on 2x2, where five of every patch's nine taps are padding), multiplies the flattened
+  map by a ``(H * W * C_in, Ho * Wo * C_out)`` matrix assembled from the kernel: 1.5-2.5x
+  faster again at 2x2 for 512-128 channels (``experiments/bench_conv.py``).
+
+Larger outputs, other backends, and anything it does not handle (dilation, grouped
+convolutions, layouts other than NHWC/HWIO) go to ``jax.lax.conv_general_dilated``
+unchanged. All compute the same sum; they differ by float32 rounding only (relative 1e-6).
 
 Flax modules take it as ``nn.Conv(..., conv_general_dilated=conv_general_dilated)``; the
 parameters are unchanged, so checkpoints are interchangeable.
