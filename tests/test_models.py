@@ -544,3 +544,6 @@ def test_config_stage_widths_reach_the_backbone():
     assert build_backbone(c.model).feature_dim == 32
     c.model.stage_widths = (4, 8, 16, 40)
     assert build_backbone(c.model).feature_dim == 40
+    assert build_backbone(c.model).stem_relu  # absent from the config: the default
+    c.model.stem_relu = False  # MetaMask's config sets it; build_backbone must pass it on
+    assert not build_backbone(c.model).stem_relu

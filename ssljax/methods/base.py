@@ -60,6 +60,7 @@ def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
                           pool=cfg.get("pool", "cls"), dtype=compute_dtype(cfg.dtype))
     return models.resnet(cfg.name, width=cfg.width, stage_widths=tuple(cfg.get("stage_widths", ())),
                          stem=cfg.stem, stem_stride=cfg.stem_stride,
+                         stem_relu=cfg.get("stem_relu", True),
                          zero_init_residual=cfg.zero_init_residual,
                          dtype=compute_dtype(cfg.dtype))
 

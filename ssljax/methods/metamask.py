@@ -123,13 +123,8 @@ class MetaMask(base.Method):
                 f"--config.optimizer.nesterov=False (got {oc.name}, momentum {oc.momentum}, "
                 f"nesterov {oc.nesterov}).")
         dtype = base.compute_dtype(config.model.dtype)
-        if backbone is None and config.model.name.startswith("vit"):
-            backbone = base.build_backbone(config.model)
         if backbone is None:
-            m = config.model
-            backbone = models.resnet(m.name, width=m.width, stem=m.stem,
-                                     stem_stride=m.stem_stride, stem_relu=m.get("stem_relu", True),
-                                     zero_init_residual=m.zero_init_residual, dtype=dtype)
+            backbone = base.build_backbone(config.model)
 
         def head(cfg):
             return models.MLP(hidden_dims=tuple(cfg.hidden_dims), out_dim=cfg.out_dim,

@@ -40,7 +40,6 @@ from typing import Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 __all__ = ["MAX_MATMUL_OUTPUT", "conv_general_dilated", "conv_as_matmul", "conv_as_dense"]
@@ -84,7 +83,7 @@ def conv_as_dense(lhs, rhs, window_strides: Sequence[int],
     """2-D convolution of NHWC ``lhs`` with HWIO ``rhs`` as one dense layer on the flat map.
 
     Every (input pixel, output pixel) pair gets the kernel tap that joins them, or zeros
-    where none does: a ``(H * W * C_in, Ho * Wo * C_out)`` matrix gathered from the kernel,
+    where none does: a ``(H * W * C_in, Ho * Wo * C_out)`` matrix assembled from the kernel,
     by which the flattened input is multiplied. That costs ``H * W`` multiply-adds per output
     pixel and channel pair against ``kh * kw`` for :func:`conv_as_matmul`: fewer where the
     input has fewer pixels than the kernel has taps, as a 3x3 convolution on a 2x2 map
@@ -110,8 +109,8 @@ def conv_as_dense(lhs, rhs, window_strides: Sequence[int],
         for q in range(w):
             blocks = []
             for i in range(ho):
+                a = tap(p, i, kh, window_strides[0], padding[0][0])
                 for j in range(wo):
-                    a = tap(p, i, kh, window_strides[0], padding[0][0])
                     e = tap(q, j, kw, window_strides[1], padding[1][0])
                     blocks.append(zeros if a is None or e is None else rhs[a, e])
             rows.append(jnp.concatenate(blocks, axis=1))
