@@ -8,6 +8,14 @@ The official ImageNet recipe (deepmind-research ``byol/configs/byol.py``): ResNe
 projector and predictor MLP(4096 -> 256) with BatchNorm, target momentum 0.996 -> 1
 (cosine), LARS lr 0.2 x B/256 (biases and BN excluded), wd 1.5e-6, batch 4096, 10 warm-up
 epochs, 1000 epochs; asymmetric augmentation (blur 1.0 / 0.1, solarisation 0 / 0.2).
+
+Network details of the official code (``byol/utils/networks.py``, ``byol_experiment.py``):
+the MLPs' hidden Linear has a bias, their last Linear none (``use_bias_last=False``); the
+target network has its own random init (``byol.target_init='independent'``; 'copy' starts
+it as a copy of the online network); Haiku's ResNet v1 zero-initialises the last BatchNorm
+scale of every *bottleneck* block only, so ``model.zero_init_residual`` is True for
+ResNet-50 (imagenet) and False for the ResNet-18 variants (basic blocks start at one). Set
+it to match if you change ``model.name``.
 """
 
 import ml_collections
@@ -18,11 +26,15 @@ from ssljax.config import base_config
 def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
     c = base_config()
     c.method = "byol"
-    c.projector = ml_collections.ConfigDict(dict(hidden_dims=(4096,), out_dim=256,
-                                                 use_bn=True, last_bn=False))
-    c.predictor = ml_collections.ConfigDict(dict(hidden_dims=(4096,), out_dim=256,
-                                                 use_bn=True, last_bn=False))
-    c.byol = ml_collections.ConfigDict(dict(base_momentum=0.996))
+    # networks.MLP: Linear (bias) -> BN (scale, offset) -> ReLU -> Linear (no bias).
+    c.projector = ml_collections.ConfigDict(dict(hidden_dims=(4096,), out_dim=256, use_bn=True,
+                                                 last_bn=False, use_bias_hidden=True,
+                                                 use_bias_last=False))
+    c.predictor = ml_collections.ConfigDict(dict(hidden_dims=(4096,), out_dim=256, use_bn=True,
+                                                 last_bn=False, use_bias_hidden=True,
+                                                 use_bias_last=False))
+    # target_init: 'independent' (its own random init, the reference) or 'copy'.
+    c.byol = ml_collections.ConfigDict(dict(base_momentum=0.996, target_init="independent"))
 
     c.data.augment.crop_scale = (0.08, 1.0)
     c.data.augment.brightness = 0.4
@@ -80,6 +92,8 @@ def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
         c.data.image_size = 224
         c.model.name = "resnet50"
         c.model.stem = "imagenet"
+        # Haiku's BlockV1: the last BN scale of each bottleneck block starts at zero.
+        c.model.zero_init_residual = True
         c.model.dtype = "bfloat16"
         c.batch_size = 4096
         c.num_epochs = 1000

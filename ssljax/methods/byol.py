@@ -1,9 +1,24 @@
 """BYOL (Grill et al., NeurIPS 2020): predict an EMA target network's projection of the other view.
 
-As the official code (deepmind-research ``byol/byol_experiment.py``) computes it:
+As the official code (deepmind-research ``byol/byol_experiment.py``, ``byol/utils/networks.py``)
+computes it:
 
-* online network: backbone, projector ``MLP(4096 -> 256)`` with BatchNorm, predictor of
-  the same shape; target network: backbone and projector, no predictor;
+* online network: backbone, projector ``MLP(4096 -> 256)`` and predictor of the same shape,
+  each ``Linear (with bias) -> BatchNorm (scale and offset) -> ReLU -> Linear (no bias)``
+  (``networks.MLP``: ``use_bias_last=False``, no BatchNorm after the last Linear); target
+  network: backbone and projector, no predictor;
+* the backbone is Haiku's ResNet v1, whose *bottleneck* blocks (ResNet-50 and deeper)
+  start with the scale of their last BatchNorm at zero (``hk.nets.ResNet.BlockV1``,
+  ``batchnorm_2``): each such block is the identity on its shortcut at init. Basic blocks
+  (ResNet-18/34) and the shortcut BatchNorms start at one. The configs set
+  ``model.zero_init_residual`` accordingly (``configs/byol.py``);
+* the target network gets its *own* random initialisation, not a copy of the online one
+  (``_make_initial_state`` splits the seed into an online and a target key). Here, with
+  ``byol.target_init='independent'`` (the default), the online network is initialised
+  with the method's key ``rng`` and the target with :func:`target_init_key` ``(rng)`` =
+  ``jax.random.fold_in(rng, 1)``, both deterministic from ``config.seed``;
+  ``byol.target_init='copy'`` starts the target as a copy of the online backbone and
+  projector (the paper's description; ssljax's behaviour before);
 * each view goes through both networks in its own forward pass (BatchNorm statistics over
   the global batch of that view: the official cross-replica BN);
 * ``loss = byol(p1, z2) + byol(p2, z1)`` with ``byol(p, z) = mean(2 - 2 cos(p, z))`` and the
@@ -12,8 +27,9 @@ As the official code (deepmind-research ``byol/byol_experiment.py``) computes it
   (parameters only: the target's BatchNorm statistics come from its own passes), and
   ``tau = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2`` at step k of K (0.996 -> 1).
 
-The target network lives in the method state (``TrainState.state['target']``): sharded,
-donated and checkpointed with the train state.
+The target network lives in the method state (``TrainState.state['target']``), built by
+:meth:`BYOL.init_model` inside the trainer's jitted init: sharded, donated and checkpointed
+with the train state, whichever ``target_init``.
 """
 
 from __future__ import annotations
@@ -57,9 +73,21 @@ def target_momentum(step: jax.Array, total_steps: int, base_momentum: float) -> 
     return 1.0 - (1.0 - base_momentum) * (jnp.cos(math.pi * frac) + 1.0) / 2.0
 
 
+TARGET_INITS = ("independent", "copy")
+
+
+def target_init_key(rng: jax.Array) -> jax.Array:
+    """The key of the target network's own initialisation (``byol.target_init='independent'``),
+    from the key ``rng`` that initialises the online network: ``jax.random.fold_in(rng, 1)``."""
+    return jax.random.fold_in(rng, 1)
+
+
 def _mlp(cfg, dtype) -> models.MLP:
+    # The reference's networks.MLP: the hidden Linear has a bias, the last one none. Configs
+    # without the keys get the reference's choice.
     return models.MLP(hidden_dims=tuple(cfg.hidden_dims), out_dim=cfg.out_dim, use_bn=cfg.use_bn,
-                      last_bn=cfg.last_bn, dtype=dtype)
+                      last_bn=cfg.last_bn, use_bias_hidden=cfg.get("use_bias_hidden", True),
+                      use_bias_last=cfg.get("use_bias_last", False), dtype=dtype)
 
 
 @register
@@ -71,6 +99,11 @@ class BYOL(base.Method):
         if not 0.0 <= config.byol.base_momentum <= 1.0:
             raise ConfigError(f"byol.base_momentum={config.byol.base_momentum} must be in [0, 1] "
                               "(BYOL: 0.996).")
+        self.target_init = config.byol.get("target_init", "independent")
+        if self.target_init not in TARGET_INITS:
+            raise ConfigError(f"byol.target_init={self.target_init!r} is not valid; use "
+                              "'independent' (the target's own random init, as the reference) "
+                              "or 'copy' (a copy of the online network).")
         dtype = base.compute_dtype(config.model.dtype)
         backbone = base.build_backbone(config.model)
         head = _mlp(config.projector, dtype)
@@ -79,12 +112,19 @@ class BYOL(base.Method):
         self.target = EncoderWithHead(backbone=backbone, head=head)
 
     def init_model(self, rng, batch):
-        variables = self.model.init(rng, batch["views"][:, 0], train=False)
+        x = batch["views"][:, 0]
+        variables = self.model.init(rng, x, train=False)
         params, stats = variables["params"], variables["batch_stats"]
-        # The target starts as a copy of the online backbone and projector.
-        target = {"params": {k: jax.tree.map(jnp.copy, params[k]) for k in ("backbone", "head")},
-                  "batch_stats": {k: jax.tree.map(jnp.copy, stats[k])
-                                  for k in ("backbone", "head") if k in stats}}
+        if self.target_init == "copy":
+            # The target starts as a copy of the online backbone and projector.
+            target = {"params": {k: jax.tree.map(jnp.copy, params[k])
+                                 for k in ("backbone", "head")},
+                      "batch_stats": {k: jax.tree.map(jnp.copy, stats[k])
+                                      for k in ("backbone", "head") if k in stats}}
+        else:
+            # Its own random init (same architecture and parameter names, another key).
+            own = self.target.init(target_init_key(rng), x, train=False)
+            target = {"params": own["params"], "batch_stats": own.get("batch_stats", {})}
         return params, {"batch_stats": stats, "target": target}
 
     def momentum(self, step: jax.Array) -> jax.Array:
