@@ -33,6 +33,10 @@ __all__ = [
     "color_jitter",
     "random_grayscale",
     "gaussian_blur",
+    "gaussian_kernel",
+    "separable_blur",
+    "blur_radius",
+    "sigma_radius",
     "solarize",
     "fold_seed",
 ]
@@ -58,8 +62,9 @@ class AugmentConfig:
       jitter_random_order: apply the four jitter ops in a random order per example
         (torchvision / SimCLR); False uses brightness, contrast, saturation, hue.
       grayscale_p: probability of converting to grayscale (no-op for 1 channel).
-      blur_p: probability of a Gaussian blur with kernel ~10% of the image size.
-      blur_sigma: range of the blur's standard deviation in pixels.
+      blur_p: probability of a Gaussian blur.
+      blur_sigma: range of the blur's standard deviation in pixels; the kernel reaches
+        ``ceil(4 * blur_sigma[1])`` pixels each side (see :func:`blur_radius`).
       solarize_p: probability of solarizing (``x >= 0.5 -> 1 - x``).
       randaugment_n: RandAugment ops per image (InfoMin Aug: 2); 0 disables it. When on,
         the order is InfoMin Aug's: crop, flip, jitter, blur, RandAugment, grayscale
@@ -265,6 +270,10 @@ def sample_params(
         s_apply, s_sigma = tf.unstack(tf.random.experimental.stateless_split(fold_seed(seed, _BLUR), 2))
         params["blur"] = _bernoulli(s_apply, batch_size, cfg.blur_p)
         params["blur_sigma"] = _uniform(s_sigma, [batch_size], *cfg.blur_sigma)
+        # The kernel's width follows the largest sigma the config can draw, so it travels
+        # with the parameters (static shape [B, 2R+1]); apply_params fits it to the image.
+        params["blur_kernel"] = gaussian_kernel(
+            params["blur_sigma"], sigma_radius(cfg.blur_sigma[1]))
     if cfg.solarize_p > 0:
         params["solarize"] = _bernoulli(fold_seed(seed, _SOLAR), batch_size, cfg.solarize_p)
     if cfg.randaugment_n > 0:
@@ -389,22 +398,73 @@ def random_grayscale(images: tf.Tensor, gray: tf.Tensor) -> tf.Tensor:
     return _select(gray, tf.broadcast_to(_gray(images), tf.shape(images)), images)
 
 
-def blur_radius(image_size: int) -> int:
-    """Kernel radius for an image side: SimCLR's kernel of ~10% of the side, odd."""
-    return max(1, (image_size // 10) // 2)
+_BLUR_TRUNCATE = 4.0  # kernel half-width in units of the largest sigma
 
 
-def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
-    """Blurs each image with its own Gaussian ``sigma[b]`` (pixels), reflect padding.
+def sigma_radius(max_sigma: float) -> int:
+    """Kernel radius that holds a Gaussian of ``max_sigma`` pixels: ``ceil(4 * max_sigma)``.
+
+    At 4 sigma the truncated tail holds < 1e-4 of the mass and the sampled kernel's
+    variance is within 0.1% of ``sigma^2`` (at sigma >= 1). At least 1.
+
+    >>> sigma_radius(2.0), sigma_radius(0.1)
+    (8, 1)
+    """
+    return max(1, math.ceil(_BLUR_TRUNCATE * float(max_sigma) - 1e-9))
+
+
+def blur_radius(image_size: int, max_sigma: float | None = None) -> int:
+    """Kernel radius of the Gaussian blur on images of side ``image_size``.
+
+    With ``max_sigma`` (the largest sigma the augmentation can draw, ``blur_sigma[1]``):
+    ``sigma_radius(max_sigma)`` at every image size, capped at ``image_size - 1`` because
+    reflect padding needs a radius below the side. On images that small (side <= 4 sigma)
+    the kernel is truncated there and renormalised, so the blur is narrower than sigma;
+    1-pixel images are not blurred (radius 0). This is what :func:`apply_params` uses.
+
+    Without ``max_sigma``: SimCLR's kernel of ~10% of the side (kept for old callers; it
+    does not depend on sigma: 3 taps at 32 px cap the spread near 0.8 px).
+
+    >>> blur_radius(32, 2.0), blur_radius(224, 2.0), blur_radius(5, 2.0), blur_radius(224)
+    (8, 8, 4, 11)
+    """
+    if max_sigma is None:
+        return max(1, (image_size // 10) // 2)
+    return max(0, min(sigma_radius(max_sigma), int(image_size) - 1))
+
+
+def gaussian_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
+    """Per-example normalised 1-D Gaussian taps ``[B, 2 * radius + 1]`` for ``sigma [B]``."""
+    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
+    sigma = tf.convert_to_tensor(sigma, tf.float32)
+    kernel = tf.exp(-tf.square(offsets)[None, :] / (2.0 * tf.square(sigma)[:, None]))
+    return kernel / tf.reduce_sum(kernel, axis=1, keepdims=True)
+
+
+def _fit_kernel(kernel: tf.Tensor, side: int) -> tf.Tensor:
+    """Truncates a ``[B, 2R+1]`` kernel to radius ``<= side - 1`` (reflect padding) and renormalises."""
+    full = (int(kernel.shape[1]) - 1) // 2
+    radius = min(full, max(0, side - 1))
+    if radius == full:
+        return kernel
+    kernel = kernel[:, full - radius:full + radius + 1]
+    return kernel / tf.reduce_sum(kernel, axis=1, keepdims=True)
+
+
+def separable_blur(images: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
+    """Blurs image ``b`` with the separable kernel ``kernel[b]`` ``[B, 2r+1]``, reflect padding.
 
     The batch is folded into channels so that one separable depthwise convolution
-    applies B different kernels at once.
+    applies B different kernels at once. Needs ``r < min(H, W)``.
     """
-    batch = tf.shape(images)[0]
+    radius = (int(kernel.shape[1]) - 1) // 2
     height, width, channels = images.shape[1], images.shape[2], images.shape[3]
-    offsets = tf.range(-radius, radius + 1, dtype=tf.float32)
-    kernel = tf.exp(-tf.square(offsets)[None, :] / (2.0 * tf.square(sigma)[:, None]))
-    kernel = kernel / tf.reduce_sum(kernel, axis=1, keepdims=True)  # [B, k]
+    if radius == 0:
+        return images
+    if radius >= min(height, width):
+        raise ValueError(f"Blur radius {radius} needs images larger than {height}x{width} "
+                         "(reflect padding); fit the kernel with blur_radius first.")
+    batch = tf.shape(images)[0]
     kernel = tf.transpose(tf.repeat(kernel, channels, axis=0))  # [k, B*C], index b*C + c
     x = tf.transpose(images, [1, 2, 0, 3])
     x = tf.reshape(x, [1, tf.shape(x)[0], tf.shape(x)[1], batch * channels])
@@ -414,6 +474,17 @@ def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor
     x = tf.reshape(x, [tf.shape(x)[1], tf.shape(x)[2], batch, channels])
     x = tf.transpose(x, [2, 0, 1, 3])
     return tf.ensure_shape(x, [None, height, width, channels])
+
+
+def gaussian_blur(images: tf.Tensor, sigma: tf.Tensor, radius: int) -> tf.Tensor:
+    """Blurs each image with its own Gaussian ``sigma[b]`` (pixels), reflect padding.
+
+    ``radius`` is the kernel's half-width in pixels (see :func:`blur_radius`; below the
+    image side). The taps are the sampled Gaussian, normalised to sum 1. PIL's
+    ``GaussianBlur(radius=sigma)`` (the official BYOL/VICReg/CorInfoMax pipelines) instead
+    runs three box blurs of the same variance and extends the edge pixels.
+    """
+    return separable_blur(images, gaussian_kernel(sigma, radius))
 
 
 def solarize(images: tf.Tensor, flag: tf.Tensor, threshold: float = 0.5) -> tf.Tensor:
@@ -451,7 +522,12 @@ def apply_params(
     if "grayscale" in params and not infomin_order:
         x = random_grayscale(x, params["grayscale"])
     if "blur" in params:
-        blurred = gaussian_blur(x, params["blur_sigma"], blur_radius(int(x.shape[1])))
+        side = min(int(x.shape[1]), int(x.shape[2]))
+        kernel = params.get("blur_kernel")
+        if kernel is None:  # hand-made parameters: size the kernel for the default sigma range
+            kernel = gaussian_kernel(params["blur_sigma"],
+                                     sigma_radius(AugmentConfig.blur_sigma[1]))
+        blurred = separable_blur(x, _fit_kernel(kernel, side))
         x = _select(params["blur"], blurred, x)
     if infomin_order:
         from ssljax.data import infomin_aug
