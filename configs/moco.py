@@ -2,7 +2,10 @@
 
 Run:
   python -m ssljax.main --config=configs/moco.py:fashion_mnist --workdir=runs/moco_fmnist
-Variants: fashion_mnist (CPU, the default), cifar10, cifar100, imagenet.
+Variants: fashion_mnist (CPU, the default), cifar10, cifar100, imagenet; each optionally
+followed by ``,infomin_aug``: the same MoCo v2 with InfoMin Aug (configs/infomin.py's
+augmentation for that dataset, no jigsaw branch), InfoMin's claim against MoCo v2's own
+augmentation (the benchmark's ``moco_infomin_aug``).
 
 The official ImageNet recipe (facebookresearch/moco, ``--mlp --moco-t 0.2 --aug-plus
 --cos``): ResNet-50, head Linear(2048, 2048)-ReLU-Linear(2048, 128), queue 65,536, momentum
@@ -12,9 +15,21 @@ cosine, 200 epochs; BatchNorm per GPU with shuffled keys (here: ``moco.bn_groups
 official CIFAR-10 demo (facebookresearch/moco ``colab/moco_cifar10_demo.ipynb``).
 """
 
+import importlib.util
+import os
+
 import ml_collections
 
 from ssljax.config import base_config
+
+
+def infomin_augment(dataset: str) -> ml_collections.ConfigDict:
+    """configs/infomin.py's InfoMin Aug for ``dataset`` (its ``data.augment`` section)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "infomin.py")
+    spec = importlib.util.spec_from_file_location("_ssljax_configs_infomin", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(dataset).data.augment
 
 
 def moco_base(method: str = "moco") -> ml_collections.ConfigDict:
@@ -47,6 +62,10 @@ def moco_base(method: str = "moco") -> ml_collections.ConfigDict:
 
 def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
     c = moco_base()
+    variant, _, modifier = variant.partition(",")
+    if modifier not in ("", "infomin_aug"):
+        raise ValueError(f"Unknown modifier {modifier!r} of configs/moco.py; the one modifier is "
+                         "infomin_aug (e.g. fashion_mnist,infomin_aug).")
     if variant == "fashion_mnist":
         # CPU-sized: a narrow ResNet-18 (stride-2 3x3 stem, 128 features) on 28x28 grayscale
         # images; a queue of 16 batches and a faster-moving key encoder for a short run.
@@ -95,4 +114,6 @@ def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
     else:
         raise ValueError(f"Unknown variant {variant!r} of configs/moco.py; use fashion_mnist, "
                          "cifar10, cifar100 or imagenet.")
+    if modifier == "infomin_aug":
+        c.data.augment = infomin_augment(variant)
     return c

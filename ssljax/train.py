@@ -7,6 +7,7 @@ supplies devices, data, optimizers, checkpoints, logs and evaluation.
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import json
@@ -349,6 +350,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 def evaluate_encoder(config, method, ts, mesh, info) -> dict:
     """kNN and linear-probe top-1 (%) of the trained encoder, a random one and raw pixels.
 
+    ``ts`` None scores only the baselines (``eval.baselines``).
+
     Datasets held in memory are scored whole (or the first ``eval.train_examples`` training
     examples); streamed datasets (ImageNet) are read once through tf.data, the training split
     capped at ``eval.train_examples`` (default 100,000) so the features fit in host memory,
@@ -432,13 +435,15 @@ def evaluate_encoder(config, method, ts, mesh, info) -> dict:
                 evaluate.features_of_batches(embed, stream(test_split, 0), mesh=mesh))
 
     results = {}
-    t0 = time.time()
-    (tr_f, tr_y), (te_f, te_y) = features_of(ts.params, ts.state)
-    logger.info("Extracted %d + %d features in %.0fs.", len(tr_y), len(te_y), time.time() - t0)
-    results.update(score_named("", tr_f, tr_y, te_f, te_y))
-    # How many dimensions the test embeddings use (dimensional collapse lowers it); for
-    # multi-exit networks, the backbone's (the first feature set).
-    results["effective_rank"] = round(evaluate.effective_rank(next(iter(te_f.values()))), 2)
+    if ts is not None:
+        t0 = time.time()
+        (tr_f, tr_y), (te_f, te_y) = features_of(ts.params, ts.state)
+        logger.info("Extracted %d + %d features in %.0fs.", len(tr_y), len(te_y),
+                    time.time() - t0)
+        results.update(score_named("", tr_f, tr_y, te_f, te_y))
+        # How many dimensions the test embeddings use (dimensional collapse lowers it); for
+        # multi-exit networks, the backbone's (the first feature set).
+        results["effective_rank"] = round(evaluate.effective_rank(next(iter(te_f.values()))), 2)
     if ec.baselines:
         example = {"views": jnp.zeros((1, 1) + tuple(image_shape), jnp.float32)}
         params, state = jax.jit(method.init_model)(init_key(config.seed + 1), example)
@@ -451,10 +456,23 @@ def evaluate_encoder(config, method, ts, mesh, info) -> dict:
         results.update(score("raw_pixels_", norm(train_images).reshape(len(train_images), -1),
                              np.asarray(train_labels),
                              norm(test_images).reshape(len(test_images), -1), np.asarray(test_labels)))
-    if ec.get("segmentation", False):
+        results["raw_pixels_effective_rank"] = round(evaluate.effective_rank(
+            norm(test_images).reshape(len(test_images), -1)), 2)
+    if ts is not None and ec.get("segmentation", False):
         results.update(segmentation_scores(config, method, ts, mesh, info, train_images,
                                            train_labels, test_images, test_labels))
     return results
+
+
+def baseline_scores(config: ml_collections.ConfigDict) -> dict:
+    """Raw pixels and the untrained encoder (``random_encoder_*``, ``raw_pixels_*``), scored by
+    the probes of ``config.eval`` exactly as :func:`evaluate_encoder` scores a trained run."""
+    config = copy.deepcopy(config)
+    with config.unlocked():
+        config.eval.baselines = True
+    info = data.dataset_info(config.data.name)
+    method = methods.get_method(config.method)(config, num_classes=info.num_classes)
+    return evaluate_encoder(config, method, None, sharding.make_mesh(), info)
 
 
 def segmentation_scores(config, method, ts, mesh, info, train_images, train_labels, test_images,
