@@ -340,6 +340,10 @@ def test_configs_carry_the_official_recipes():
     assert tuple(b.projector.hidden_dims) + (b.projector.out_dim,) == (4096, 256)
     assert tuple(b.predictor.hidden_dims) + (b.predictor.out_dim,) == (4096, 256)
     assert b.byol.base_momentum == 0.996 and b.optimizer.name == "lars"
+    # deepmind-research byol: own target init, no bias on the MLPs' last Linear, zero-init
+    # residual BN (ResNet-50 bottlenecks); tests/test_byol_fidelity.py checks the models.
+    assert b.byol.target_init == "independent" and b.model.zero_init_residual
+    assert not b.projector.use_bias_last and not b.predictor.use_bias_last
     assert (b.optimizer.lr, b.optimizer.weight_decay, b.batch_size) == (0.2, 1.5e-6, 4096)
     v1, v2 = train.augment_configs(b.data)
     assert (v1.blur_p, v1.solarize_p, v2.blur_p, v2.solarize_p) == (1.0, 0.0, 0.1, 0.2)
