@@ -235,7 +235,8 @@ def run_method(suite: Suite, method: str, seed: int, workroot: str) -> dict:
     """Pre-train and evaluate one (method, seed) in its own process; the JSONL row."""
     workdir = os.path.join(workroot, suite.name, f"{method}_s{seed}")
     os.makedirs(workdir, exist_ok=True)
-    args = command(suite, method, seed, workdir)
+    shown = os.path.relpath(workdir, REPO)  # the recorded command runs from the repository root
+    args = command(suite, method, seed, workdir if shown.startswith("..") else shown)
     resumed = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
         n.isdigit() for n in os.listdir(os.path.join(workdir, "checkpoints")))
     print(f"[benchmark] {method} seed {seed}: {shlex.join(args)}", flush=True)
@@ -502,6 +503,18 @@ def _update_readme(path: str, suite: Suite, summary: dict) -> None:
         f.write(text[:i] + "\n".join(block) + text[j:])
 
 
+def _log_progress() -> None:
+    """The trainer's progress lines (the baselines run in this process) on stderr."""
+    import logging
+    logger = logging.getLogger("ssljax")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
 # ---- Command line ----------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ssljax.benchmark", description=__doc__.split("\n")[0])
@@ -524,6 +537,7 @@ def main(argv: list[str] | None = None) -> int:
               f"from baselines, {', '.join(suite.entries)}.", file=sys.stderr)
         return 2
     rows = read_rows(results)
+    _log_progress()
     if args.report:
         print(report(suite, rows, out_dir=os.path.dirname(os.path.abspath(results))))
         return 0
