@@ -442,7 +442,7 @@ def gaussian_kernel(sigma: tf.Tensor, radius: int) -> tf.Tensor:
 
 
 def _fit_kernel(kernel: tf.Tensor, side: int) -> tf.Tensor:
-    """Truncates a ``[B, 2R+1]`` kernel to radius ``<= side - 1`` (reflect padding) and renormalises."""
+    """Cuts a ``[B, 2R+1]`` kernel to radius ``<= side - 1`` (reflect padding), renormalised."""
     full = (int(kernel.shape[1]) - 1) // 2
     radius = min(full, max(0, side - 1))
     if radius == full:
