@@ -10,7 +10,8 @@ Recipe: ResNet-18 CIFAR stem with zero-init residuals; projector Linear-ReLU x (
 Linear without bias, no BatchNorm, L2-normalised output; alpha (``loss.sim_weight``) 250 /
 1000 on CIFAR-10 / 100, la_R = la_mu = 0.01, eps 1e-8; SGD momentum 0.9, wd 1e-4 on all
 parameters, 10 warm-up epochs from lr 3e-3, cosine, stepped per epoch; asymmetric
-augmentation (view 1 blur p=1, view 2 blur p=0.1 and solarize p=0.2).
+augmentation (view 1 blur p=1, view 2 blur p=0.1 and solarize p=0.2); the running state and
+log-determinant in float64 (``corinfomax.state_dtype``), as the official code.
 
 Linear evaluation in the paper: 100 epochs, SGD lr 0.2 cosine to 2e-3, wd 0, batch 256.
 The paper-dataset variants set exactly that for the offline probe (``eval.linear_*``; the
@@ -34,6 +35,9 @@ def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
     # sim_weight is the paper's alpha; r_init the initial covariance scale (official R_ini).
     c.loss = ml_collections.ConfigDict(dict(sim_weight=250.0, la_R=0.01, la_mu=0.01, eps=1e-8,
                                             r_init=1.0))
+    # The running mean / covariance state and the log-determinant: float64 as the official
+    # code (no global jax_enable_x64 needed, see ssljax/methods/corinfomax.py) or float32.
+    c.corinfomax = ml_collections.ConfigDict(dict(state_dtype="float64"))
 
     # VICReg-style asymmetric augmentation.
     c.data.augment.crop_scale = (0.08, 1.0)

@@ -1,6 +1,21 @@
-"""CorInfoMax: correlative information maximisation with running covariance state."""
+"""CorInfoMax: correlative information maximisation with running covariance state.
+
+The official code keeps the running means and covariances, and takes the log-determinant,
+in float64. Here the state's dtype decides the precision: with a float64 state (see
+`corinfomax_init(dtype=...)`) the update and the log-determinant run in float64 even when
+`jax_enable_x64` is off globally. JAX (>= 0.10) keeps float64 arrays that were made under
+`jax.enable_x64(True)` as float64 through `jit`, donation and sharding (host-to-device
+copies with x64 off, orbax's restore among them, do canonicalise them to float32); inside
+`corinfomax` the computation is traced under that context (which only affects the ops
+traced inside it), and the backward pass, which JAX would otherwise transpose after the
+context has closed (creating float32 zeros next to float64 values), runs in a `custom_vjp`
+whose backward function re-enters the context. The loss is returned in the embeddings'
+dtype (float32), so the gradient and the rest of the step stay float32; the new state and
+the logged parts (detached) stay float64.
+"""
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import jax
@@ -25,6 +40,13 @@ def _state_dtype() -> jnp.dtype:
     return jnp.dtype(jnp.float64 if jax.config.jax_enable_x64 else jnp.float32)
 
 
+def _x64_scope(dtype) -> contextlib.AbstractContextManager:
+    """`jax.enable_x64(True)` where `dtype` is float64 and x64 is off, else a no-op."""
+    if jnp.dtype(dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
 def corinfomax_init(dim: int, *, r_init: float = 1.0, dtype=None) -> CorInfoMaxState:
     """Initial CorInfoMax state: `R = r_init * I`, `mu = 0`.
 
@@ -32,7 +54,9 @@ def corinfomax_init(dim: int, *, r_init: float = 1.0, dtype=None) -> CorInfoMaxS
         dim: projector output dimension D.
         r_init: initial covariance scale (the official `R_ini`, 1.0).
         dtype: state dtype; default float64 when `jax_enable_x64` is on (as the official
-            code), else float32.
+            code), else float32. An explicit float64 is float64 whether or not x64 is on
+            (the arrays are made under `jax.enable_x64`), and makes `corinfomax` compute
+            the update and the log-determinant in float64.
 
     Returns:
         A `CorInfoMaxState`.
@@ -47,8 +71,9 @@ def corinfomax_init(dim: int, *, r_init: float = 1.0, dtype=None) -> CorInfoMaxS
         ((3, 3), (3,))
     """
     dtype = _state_dtype() if dtype is None else jnp.dtype(dtype)
-    eye = r_init * jnp.eye(dim, dtype=dtype)
-    zeros = jnp.zeros((dim,), dtype)
+    with _x64_scope(dtype):
+        eye = r_init * jnp.eye(dim, dtype=dtype)
+        zeros = jnp.zeros((dim,), dtype)
     return CorInfoMaxState(R1=eye, R2=eye, mu1=zeros, mu2=zeros)
 
 
@@ -155,9 +180,14 @@ def corinfomax(
         return_parts: also return `{'sim', 'cov'}` (unweighted sim, the logdet term).
 
     Returns:
-        `(loss, new_state)`, or `(loss, new_state, parts)`. Computed in the state's dtype
-        (float64 state, as in the official code, when x64 is enabled), at least float32.
-        The log-determinant uses Cholesky with a safe eigenvalue fallback (`psd_logdet`).
+        `(loss, new_state)`, or `(loss, new_state, parts)`. Computed in the state's dtype,
+        at least float32: a float64 state (as the official code) gives a float64 update
+        and log-determinant whether or not x64 is on globally. With x64 off, the new
+        state and the parts (detached) come back in float64 and the loss, which the
+        gradient flows from, in the embeddings' dtype (float32, rounded once); on that
+        path the hyper-parameters must be Python numbers (they stay exact, weakly typed,
+        in float64). The log-determinant uses Cholesky with a safe eigenvalue
+        fallback (`psd_logdet`).
 
     References:
         Ozsoy et al., "Self-Supervised Learning with an Information Maximization
@@ -183,7 +213,33 @@ def corinfomax(
         raise ValueError(
             f"corinfomax state is for D={state.R1.shape[0]} but z has D={dim}; "
             f"create it with corinfomax_init({dim}).")
-    dtype = compute_dtype(z1, z2, state.R1)
+    hp = dict(sim_weight=sim_weight, la_R=la_R, la_mu=la_mu, eps=eps, normalize=normalize)
+
+    def detach(new_state):
+        return jax.tree.map(lambda new, ref: jax.lax.stop_gradient(new).astype(ref.dtype),
+                            new_state, state)
+
+    if jnp.dtype(state.R1.dtype) == jnp.float64 and not jax.config.jax_enable_x64:
+        # float64 state, x64 off: the new state and the parts (no gradient), and the loss
+        # (custom_vjp), each in a local x64 scope; the loss comes back in float32.
+        with jax.enable_x64(True):
+            _, sim, cov, new_state = _corinfomax_update(
+                jax.lax.stop_gradient(z1), jax.lax.stop_gradient(z2), state,
+                dtype=jnp.float64, **hp)
+            new_state = detach(new_state)
+        loss = _corinfomax_x64(z1, z2, state, out_dtype=compute_dtype(z1, z2), **hp)
+    else:
+        dtype = compute_dtype(z1, z2, state.R1)
+        loss, sim, cov, new_state = _corinfomax_update(z1, z2, state, dtype=dtype, **hp)
+        new_state = detach(new_state)
+    if return_parts:
+        return loss, new_state, {"sim": sim, "cov": cov}
+    return loss, new_state
+
+
+def _corinfomax_update(z1, z2, state, *, dtype, sim_weight, la_R, la_mu, eps, normalize):
+    """`(loss, sim, cov, new_state)` in `dtype`, the official formulas (new state not detached)."""
+    dim = z1.shape[1]
     old = jax.tree.map(lambda x: jax.lax.stop_gradient(x.astype(dtype)), state)
     z1, z2 = z1.astype(dtype), z2.astype(dtype)
     if normalize:
@@ -201,9 +257,32 @@ def corinfomax(
     cov = -(psd_logdet(r1 + eps * eye) + psd_logdet(r2 + eps * eye)) / dim
     sim = jnp.mean(jnp.square(z1 - z2))
     loss = sim_weight * sim + cov
-    new_state = jax.tree.map(
-        lambda new, ref: jax.lax.stop_gradient(new).astype(ref.dtype),
-        CorInfoMaxState(R1=r1, R2=r2, mu1=mu1, mu2=mu2), state)
-    if return_parts:
-        return loss, new_state, {"sim": sim, "cov": cov}
-    return loss, new_state
+    return loss, sim, cov, CorInfoMaxState(R1=r1, R2=r2, mu1=mu1, mu2=mu2)
+
+
+def _corinfomax_x64(z1, z2, state, *, out_dtype, **hp):
+    """The loss computed in float64 under a local x64 scope, returned in `out_dtype`.
+
+    A `custom_vjp` so that the backward pass is also traced inside the scope: transposed
+    outside it, JAX makes float32 zeros for float64 cotangents (e.g. of a gather) and fails.
+    The backward pass recomputes the forward one (a few [D, D] products and two
+    factorisations, small next to the network).
+    """
+    def terms(z1, z2, state):
+        return _corinfomax_update(z1, z2, state, dtype=jnp.float64, **hp)[0].astype(out_dtype)
+
+    @jax.custom_vjp
+    def run(z1, z2, state):
+        with jax.enable_x64(True):
+            return terms(z1, z2, state)
+
+    def fwd(z1, z2, state):
+        return run(z1, z2, state), (z1, z2, state)
+
+    def bwd(res, cts):
+        with jax.enable_x64(True):
+            _, vjp = jax.vjp(terms, *res)
+            return vjp(cts)
+
+    run.defvjp(fwd, bwd)
+    return run(z1, z2, state)
