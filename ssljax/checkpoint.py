@@ -42,8 +42,12 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict]:
         """Restore into the shapes, dtypes and shardings of ``abstract_state``."""
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract_state)
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
+        # Under a local x64 scope: orbax's host-to-device copy would otherwise turn the
+        # float64 leaves some methods keep (CorInfoMax's state) into float32. Every leaf is
+        # restored to its target's dtype either way.
+        with jax.enable_x64(True):
+            restored = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         return restored["state"], restored["meta"]
 
     def close(self) -> None:

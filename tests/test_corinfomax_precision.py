@@ -255,12 +255,9 @@ def trained(tmp_path_factory):
                 live_loss=float(live_metrics["loss"]))
 
 
-def _restore(trained, x64_scope=False):
+def _restore(trained):
     ckpt = checkpoint.Checkpointer(trained["directory"])
     try:
-        if x64_scope:
-            with jax.enable_x64(True):
-                return ckpt.restore(2, trained["abstract"])[0]
         return ckpt.restore(2, trained["abstract"])[0]
     finally:
         ckpt.close()
@@ -293,25 +290,18 @@ def _assert_round_trip(trained, restored):
         np.testing.assert_array_equal(np.asarray(got), want)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "orbax's restore copies host arrays to the devices with x64 off, which canonicalises "
-    "float64 to float32; ssljax/checkpoint.py's Checkpointer.restore needs to run under "
-    "jax.enable_x64(True) (as test_checkpoint_restore_under_x64_scope_is_exact does)"))
 def test_checkpoint_round_trip_keeps_float64(trained):
+    """ssljax.checkpoint restores under a local x64 scope: bit-exact for every leaf (the others
+    keep their float32 / int32 targets), and the run steps on exactly as the live state."""
     _assert_round_trip(trained, _restore(trained))
 
 
-def test_checkpoint_restore_under_x64_scope_is_exact(trained):
-    """The fix for the xfail above: the same restore under a local x64 scope is bit-exact,
-    for every leaf (the others keep their float32 / int32 targets), and steps on exactly as
-    the live state."""
-    _assert_round_trip(trained, _restore(trained, x64_scope=True))
-
-
 def test_float32_restored_state_goes_back_to_float64(trained):
-    """Restored without the x64 scope, the state arrives float32; the method takes it back to
-    float64, so the run goes on in float64 after one float32 rounding of the state."""
+    """A float32 state (a checkpoint of a float32 run, or a restore without the x64 scope)
+    is taken back to float64, so the run goes on in float64 after one float32 rounding."""
     restored = _restore(trained)
+    restored = restored.replace(state=dict(restored.state, corinfomax=jax.tree.map(
+        lambda x: x.astype(np.float32), restored.state["corinfomax"])))
     nxt, metrics = trained["steps"].train_step(restored, trained["batches"][2], jax.random.key(1))
     live = trained["live_next"].state["corinfomax"]
     for got, want in zip(nxt.state["corinfomax"], live):

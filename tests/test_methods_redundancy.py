@@ -181,7 +181,11 @@ def test_corinfomax_state_is_float64_under_x64():
         loss, out = jax.eval_shape(method.loss, params, state, batch, jax.random.key(0),
                                    jnp.int32(0))
         assert {x.dtype for x in out.state["corinfomax"]} == {jnp.dtype("float64")}
+    # Without x64 too (corinfomax.state_dtype, default float64); float32 on request.
     _, state = jax.eval_shape(method.init_model, train.init_key(0), batch)
+    assert {x.dtype for x in state["corinfomax"]} == {jnp.dtype("float64")}
+    _, m32 = make_method("corinfomax", **{"corinfomax.state_dtype": "float32"})
+    _, state = jax.eval_shape(m32.init_model, train.init_key(0), batch)
     assert {x.dtype for x in state["corinfomax"]} == {jnp.dtype("float32")}
 
 
