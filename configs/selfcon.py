@@ -59,6 +59,7 @@ def supervised_config(method: str, variant: str) -> ml_collections.ConfigDict:
         c.log_every = 50
         c.checkpoint_every = 700
         c.eval.linear_epochs = 30
+        c.eval.linear_lr = 1e-2  # the benchmark's probe (ssljax/benchmark.py): converged
     else:
         # raymin0223/self-contrastive-learning scripts/selfcon_represent.sh (CIFAR-100,
         # ResNet-18): batch 1024, lr 0.5, T 0.1, 1000 epochs, cosine to lr * 0.1**3, warm-up
