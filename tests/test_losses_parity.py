@@ -1,5 +1,10 @@
 """Reference parity: value and gradient against float64 NumPy transcriptions of the
-official code (tests/test_losses_refs.py), in float64 (1e-5) and float32 (1e-4)."""
+official code (tests/test_losses_refs.py), in float64 (1e-10) and float32 (1e-4).
+
+float64 at 1e-10: the values agree to ~1e-16 and the gradients, against test_losses_refs's
+sixth-order finite difference, to ~3e-11 at worst; a tolerance of 1e-5 (before) passed a
+Barlow Twins BatchNorm with eps 0 instead of 1e-5, a change of ~3e-6
+(test_float64_tolerance_catches_a_changed_batchnorm_eps)."""
 from __future__ import annotations
 
 import itertools
@@ -23,7 +28,7 @@ FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 def fast_jit(fn, **kwargs):
     return jax.jit(fn, compiler_options=FAST_COMPILE, **kwargs)
 
-RTOL = {np.float64: 1e-5, np.float32: 1e-4}
+RTOL = {np.float64: 1e-10, np.float32: 1e-4}
 
 
 def _rng(seed):
@@ -175,6 +180,23 @@ def test_barlow_twins_matches_official(shape, dtype):
     z1, z2 = r.normal(size=shape) * 3 + 1, r.normal(size=shape)
     _check(lambda a, b: L.barlow_twins(a, b), lambda a, b: barlow_twins_ref(a, b), [z1, z2], dtype,
            argnums=(0, 1))
+
+
+def test_float64_tolerance_catches_a_changed_batchnorm_eps():
+    # Control: Barlow Twins standardised with eps 0 instead of the official 1e-5 (MetaMask's
+    # setting in the official form) must fail the float64 check; the change is ~1e-6
+    # relative here, which the former 1e-5 tolerance let through.
+    r = _rng(28)
+    z1, z2 = r.normal(size=(8, 5)) * 3 + 1, r.normal(size=(8, 5))
+    with pytest.raises(AssertionError, match="relative error"):
+        _check(lambda a, b: L.barlow_twins(a, b, eps=0.0), barlow_twins_ref, [z1, z2], F64,
+               argnums=(0, 1))
+    with jax.enable_x64(True):
+        changed = float(L.barlow_twins(jnp.asarray(z1), jnp.asarray(z2), eps=0.0))
+    expected = barlow_twins_ref(z1, z2)
+    assert 1e-10 < abs(changed - expected) / abs(expected) < 1e-5
+    # The same inputs with the official eps pass.
+    _check(lambda a, b: L.barlow_twins(a, b), barlow_twins_ref, [z1, z2], F64, argnums=(0, 1))
 
 
 @pytest.mark.parametrize("dtype", _matrix([(F64,)], DTYPES))
