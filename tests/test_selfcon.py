@@ -262,7 +262,11 @@ def test_eight_devices_equal_one_device(variant):
         np.testing.assert_allclose([m[key] for m in eight], [m[key] for m in one], rtol=1e-5,
                                    err_msg=key)
     assert all(np.isfinite(m["loss"]) for m in one)
-    assert one[0]["loss"] != one[-1]["loss"]  # the steps did update the network
+    # The steps did update the network (the check fails with lr 0 or zero gradients; that
+    # the update is the right one is tests/test_update_is_gradient.py's).
+    moved = [np.max(np.abs(a - b)) for a, b in zip(jax.tree.leaves(params_one),
+                                                   jax.tree.leaves(initial.params))]
+    assert max(moved) > 1e-3, max(moved)
     for a, b in zip(jax.tree.leaves(params_eight), jax.tree.leaves(params_one)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
@@ -418,4 +422,6 @@ def test_cli_trains_and_evaluates(name, tmp_path):
         keys |= {"subnet_linear_probe_top1", "subnet_knn_top1", "ensemble_linear_probe_top1"}
         assert "ensemble (mean of logits)" in proc.stdout
     assert keys <= set(results)
-    assert all(0.0 <= results[k] <= 100.0 for k in keys)
+    for k in keys:  # scored on the 64 test images: a whole number of them
+        correct = results[k] * 64 / 100
+        assert abs(correct - round(correct)) < 0.01, (k, results[k])
