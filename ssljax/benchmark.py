@@ -237,22 +237,25 @@ def run_method(suite: Suite, method: str, seed: int, workroot: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     shown = os.path.relpath(workdir, REPO)  # the recorded command runs from the repository root
     args = command(suite, method, seed, workdir if shown.startswith("..") else shown)
-    resumed = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
-        n.isdigit() for n in os.listdir(os.path.join(workdir, "checkpoints")))
-    print(f"[benchmark] {method} seed {seed}: {shlex.join(args)}", flush=True)
-    row = _base_row(suite, method, seed, shlex.join(args))  # the commit the run starts from
-    t0 = time.time()
-    with open(os.path.join(workdir, "log.txt"), "a") as log:
-        proc = subprocess.run([sys.executable] + args[1:], cwd=REPO, stdout=log,
-                              stderr=subprocess.STDOUT)
-    wall = time.time() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"{method} seed {seed} failed with status {proc.returncode}; see "
-                           f"{workdir}/log.txt (run the benchmark again to resume it).")
-    with open(os.path.join(workdir, "results.json")) as f:
-        res = json.load(f)
+    results_path = os.path.join(workdir, "results.json")
+    if os.path.exists(results_path):
+        # Finished, but the runner stopped before it wrote the row: record it from the run's
+        # own files (wall time: pre-training plus evaluation, start-up not included).
+        print(f"[benchmark] {method} seed {seed}: finished in {workdir}; recording it.")
+        with open(results_path) as f:
+            res = json.load(f)
+        row = _base_row(suite, method, seed, shlex.join(args))
+        # The commit that was HEAD when the run wrote its config (uncommitted changes unknown).
+        started = os.path.getmtime(os.path.join(workdir, "config.json"))
+        row["commit"] = subprocess.run(
+            ["git", "log", "-1", f"--before={int(started)}", "--format=%h"], cwd=REPO,
+            capture_output=True, text=True).stdout.strip() + "?"
+        wall = (res.get("train_time_s") or 0) + (res.get("eval_time_s") or 0)
+        row["recovered"] = True
+    else:
+        row, res, wall = _run(suite, method, seed, workdir, args)
     row.update(wall_s=round(wall, 1), train_s=res.get("train_time_s"),
-               eval_s=res.get("eval_time_s"), resumed=resumed,
+               eval_s=res.get("eval_time_s"),
                linear_top1=res["linear_probe_top1"], knn_top1=res["knn_top1"],
                effective_rank=res.get("effective_rank"),
                online_probe_top1=res.get("online_probe_top1"))
@@ -263,6 +266,24 @@ def run_method(suite: Suite, method: str, seed: int, workroot: str) -> dict:
               if k.startswith(("subnet", "ensemble", "segmentation"))}
     row.update(extras)
     return row
+
+
+def _run(suite: Suite, method: str, seed: int, workdir: str, args: list[str]):
+    resumed = os.path.isdir(os.path.join(workdir, "checkpoints")) and any(
+        n.isdigit() for n in os.listdir(os.path.join(workdir, "checkpoints")))
+    print(f"[benchmark] {method} seed {seed}: {shlex.join(args)}", flush=True)
+    row = _base_row(suite, method, seed, shlex.join(args))  # the commit the run starts from
+    row["resumed"] = resumed
+    t0 = time.time()
+    with open(os.path.join(workdir, "log.txt"), "a") as log:
+        proc = subprocess.run([sys.executable] + args[1:], cwd=REPO, stdout=log,
+                              stderr=subprocess.STDOUT)
+    wall = time.time() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"{method} seed {seed} failed with status {proc.returncode}; see "
+                           f"{workdir}/log.txt (run the benchmark again to resume it).")
+    with open(os.path.join(workdir, "results.json")) as f:
+        return row, json.load(f), wall
 
 
 def _images_per_sec(workdir: str) -> float | None:

@@ -166,3 +166,19 @@ def test_a_tiny_suite_end_to_end(tmp_path):
         assert row[key] is not None, key
     assert "--config.total_steps=2" in row["command"]
     assert 0 < row["effective_rank"] <= 16
+
+
+def test_a_finished_run_without_its_row_is_recorded_not_rerun(tmp_path, monkeypatch):
+    """The runner was stopped after the run wrote results.json but before the row: the next
+    start records the run from its files instead of training again."""
+    workdir = tmp_path / SUITE.name / "vicreg_s2"
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text("{}")
+    (workdir / "results.json").write_text(json.dumps(
+        {"linear_probe_top1": 83.1, "knn_top1": 79.9, "effective_rank": 31.5,
+         "train_time_s": 600.0, "eval_time_s": 20.5}))
+    monkeypatch.setattr(benchmark, "_run", lambda *a: pytest.fail("the run was started again"))
+    row = benchmark.run_method(SUITE, "vicreg", 2, str(tmp_path))
+    assert (row["linear_top1"], row["knn_top1"], row["effective_rank"]) == (83.1, 79.9, 31.5)
+    assert row["wall_s"] == 620.5 and row["recovered"] and row["commit"].endswith("?")
+    assert (row["method"], row["seed"], row["protocol"]) == ("vicreg", 2, SUITE.protocol_id)
