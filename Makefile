@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
-WORKDIR ?= runs/simclr_fashion_mnist
+WORKDIR ?= runs/corinfomax_fashion_mnist
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
 .PHONY: install dataset run test test-integration test-slow bench clean
@@ -24,9 +24,9 @@ $(PY):
 install: $(PY) dataset
 	$(PIP) install -q -e '.[test,plot,notebooks]'
 
-# The main job: pre-train SimCLR on Fashion-MNIST (CPU-sized), then evaluate.
+# The main job: pre-train CorInfoMax on Fashion-MNIST (CPU-sized), then evaluate.
 run: install
-	$(PY) -m ssljax.main --config=configs/simclr.py:fashion_mnist --workdir=$(WORKDIR)
+	$(PY) -m ssljax.main --config=configs/corinfomax.py:fashion_mnist --workdir=$(WORKDIR)
 
 test: install
 	$(PY) -m pytest -n 2 --dist loadfile -q tests

@@ -2,7 +2,7 @@
 
 Run:
   python -m ssljax.main --config=configs/simclr.py:fashion_mnist --workdir=runs/simclr_fmnist
-Variants: fashion_mnist (CPU, the default: the README's main job), fashion_mnist_long,
+Variants: fashion_mnist (CPU, the default; the main job until 2026-12-05), fashion_mnist_long,
 cifar10, cifar100, stl10, imagenet.
 """
 

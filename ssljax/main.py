@@ -3,7 +3,7 @@
   python -m ssljax.main --config=configs/simclr.py:fashion_mnist --workdir=runs/simclr \
       [--config.optimizer.lr=0.5 ...]
 
-With no ``--config`` the main job runs: SimCLR on offline Fashion-MNIST, CPU-sized. Running
+With no ``--config`` the main job runs: CorInfoMax on offline Fashion-MNIST, CPU-sized. Running
 the same command again resumes from the last checkpoint in ``--workdir``.
 """
 
@@ -19,12 +19,12 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                               "configs", "simclr.py")
+                               "configs", "corinfomax.py")
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", _DEFAULT_CONFIG if os.path.exists(_DEFAULT_CONFIG) else None,
     "Config file, optionally with a variant: configs/<method>.py:<variant>.", lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", "runs/simclr_fashion_mnist",
+_WORKDIR = flags.DEFINE_string("workdir", "runs/corinfomax_fashion_mnist",
                                "Directory for checkpoints, metrics and results; reused to resume.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
