@@ -524,6 +524,14 @@ def _update_readme(path: str, suite: Suite, summary: dict) -> None:
         f.write(text[:i] + "\n".join(block) + text[j:])
 
 
+def _move_aside(workdir: str) -> None:
+    """Keeps an earlier run's workdir (renamed with the time) so that --force starts afresh."""
+    if os.path.exists(workdir):
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        os.rename(workdir, f"{workdir}.before-{stamp}")
+        print(f"[benchmark] moved the earlier run to {workdir}.before-{stamp}")
+
+
 def _log_progress() -> None:
     """The trainer's progress lines (the baselines run in this process) on stderr."""
     import logging
@@ -548,6 +556,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=None, help="the JSONL (default experiments/benchmark/<suite>.jsonl)")
     p.add_argument("--report", action="store_true", help="only regenerate the table and chart")
     p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--force", action="store_true",
+                   help="run even where the ledger has the row (after a recipe change); the "
+                        "new row supersedes the old one, whose workdir is moved aside")
     args = p.parse_args(argv)
     suite = SUITES[args.suite]
     results = args.results or os.path.join(RESULTS_DIR, f"{suite.name}.jsonl")
@@ -565,13 +576,15 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for method in methods:
             key = "raw_pixels" if method == "baselines" else method
-            if done(rows, suite, key, seed):
+            if done(rows, suite, key, seed) and not args.force:
                 print(f"[benchmark] {method} seed {seed}: already in {results}, skipped.")
                 continue
             if args.dry_run:
                 print(shlex.join(command(suite, method, seed, "WORKDIR"))
                       if method != "baselines" else f"baselines seed {seed}")
                 continue
+            if args.force and method != "baselines":
+                _move_aside(os.path.join(args.workroot, suite.name, f"{method}_s{seed}"))
             new = (baseline_rows(suite, seed) if method == "baselines"
                    else [run_method(suite, method, seed, args.workroot)])
             for row in new:

@@ -182,3 +182,20 @@ def test_a_finished_run_without_its_row_is_recorded_not_rerun(tmp_path, monkeypa
     assert (row["linear_top1"], row["knn_top1"], row["effective_rank"]) == (83.1, 79.9, 31.5)
     assert row["wall_s"] == 620.5 and row["recovered"] and row["commit"].endswith("?")
     assert (row["method"], row["seed"], row["protocol"]) == ("vicreg", 2, SUITE.protocol_id)
+
+
+def test_force_reruns_and_the_new_row_supersedes(tmp_path, monkeypatch):
+    monkeypatch.setattr(benchmark, "run_method",
+                        lambda suite, m, seed, root: _row(m, seed, 90.0, command="cmd"))
+    results = tmp_path / "fashion_mnist.jsonl"
+    results.write_text(json.dumps(_row("simclr", 0, 80.0)) + "\n")
+    old = tmp_path / "w" / SUITE.name / "simclr_s0"
+    old.mkdir(parents=True)
+    (old / "results.json").write_text("{}")
+    argv = ["--methods", "simclr", "--results", str(results), "--workroot", str(tmp_path / "w")]
+    assert benchmark.main(argv + ["--force"]) == 0
+    rows = benchmark.read_rows(str(results))
+    assert [r["linear_top1"] for r in rows] == [80.0, 90.0]  # both kept in the ledger
+    assert benchmark.summarise(SUITE, rows)["simclr"]["linear_top1"][0] == 90.0
+    kept = [p.name for p in (tmp_path / "w" / SUITE.name).iterdir()]
+    assert len(kept) == 1 and kept[0].startswith("simclr_s0.before-")  # moved, not deleted
