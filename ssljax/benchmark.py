@@ -505,7 +505,7 @@ def chart(suite: Suite, summary: dict, path: str) -> None:
     ax.set_ylabel("top-1 accuracy (%)")
     ax.set_title(f"ssljax benchmark, {suite.name}, {suite.epochs:g} epochs "
                  f"(protocol {suite.protocol_id})", fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right", ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
