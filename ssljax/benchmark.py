@@ -555,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workroot", default=os.path.join(REPO, "runs", "benchmark"))
     p.add_argument("--results", default=None, help="the JSONL (default experiments/benchmark/<suite>.jsonl)")
     p.add_argument("--report", action="store_true", help="only regenerate the table and chart")
-    p.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print each row's command (the one that reproduces it), run nothing")
     p.add_argument("--force", action="store_true",
                    help="run even where the ledger has the row (after a recipe change); the "
                         "new row supersedes the old one, whose workdir is moved aside")
@@ -576,12 +577,15 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         for method in methods:
             key = "raw_pixels" if method == "baselines" else method
+            if args.dry_run:  # the command of the row, run or not
+                workdir = os.path.join("runs", "benchmark", suite.name, f"{method}_s{seed}")
+                print(shlex.join(command(suite, method, seed, workdir))
+                      if method != "baselines" else shlex.join(
+                          ["python", "-m", "ssljax.benchmark", f"--suite={suite.name}",
+                           f"--seeds={seed}", "--methods", "baselines"]))
+                continue
             if done(rows, suite, key, seed) and not args.force:
                 print(f"[benchmark] {method} seed {seed}: already in {results}, skipped.")
-                continue
-            if args.dry_run:
-                print(shlex.join(command(suite, method, seed, "WORKDIR"))
-                      if method != "baselines" else f"baselines seed {seed}")
                 continue
             if args.force and method != "baselines":
                 _move_aside(os.path.join(args.workroot, suite.name, f"{method}_s{seed}"))

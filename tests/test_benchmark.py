@@ -4,6 +4,7 @@ import dataclasses
 import json
 import math
 import os
+import shlex
 import statistics
 
 import numpy as np
@@ -199,3 +200,12 @@ def test_force_reruns_and_the_new_row_supersedes(tmp_path, monkeypatch):
     assert benchmark.summarise(SUITE, rows)["simclr"]["linear_top1"][0] == 90.0
     kept = [p.name for p in (tmp_path / "w" / SUITE.name).iterdir()]
     assert len(kept) == 1 and kept[0].startswith("simclr_s0.before-")  # moved, not deleted
+
+
+def test_dry_run_prints_the_rows_command_even_when_done(tmp_path, capsys):
+    results = tmp_path / "fashion_mnist.jsonl"
+    results.write_text(json.dumps(_row("simclr", 0, 80.0)) + "\n")
+    assert benchmark.main(["--methods", "simclr", "--dry-run", "--results", str(results)]) == 0
+    out = capsys.readouterr().out.strip().splitlines()[-1]
+    assert out == shlex.join(benchmark.command(SUITE, "simclr", 0,
+                                               "runs/benchmark/fashion_mnist/simclr_s0"))
