@@ -55,7 +55,7 @@ def apply_per_view(model: nn.Module, params: Any, state: Any, views: jax.Array,
                                       views[:, v], train=True, mutable=["batch_stats"])
         batch_stats = updates.get("batch_stats", batch_stats)  # none without BatchNorm (a ViT)
         features.append(f)
-        projections.append(z.astype(jnp.float32))
+        projections.append(z.astype(jnp.promote_types(z.dtype, jnp.float32)))
     return features, projections, dict(state, batch_stats=batch_stats)
 
 

@@ -46,8 +46,9 @@ class LossOutput(NamedTuple):
 
 
 def compute_dtype(name: str) -> jnp.dtype:
-    """'float32' or 'bfloat16' (mixed precision: float32 params, bfloat16 compute)."""
-    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+    """'float32', 'bfloat16' (mixed precision: float32 params, bfloat16 compute) or 'float64'
+    (numerical checks: under ``jax.enable_x64`` with a float64 state, nothing rounds to float32)."""
+    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float64": jnp.float64}
     if name not in dtypes:
         raise ValueError(f"model.dtype={name!r} is not supported; use one of {sorted(dtypes)}.")
     return dtypes[name]
@@ -128,7 +129,8 @@ class Method:
                 g = x.shape[1] // module.backbone.patch_size
                 return (tokens.reshape(x.shape[0], g, -1, tokens.shape[-1]),)
             _, out = module.backbone(x, train=False, return_stages=True)
-            return tuple(out[s].astype(jnp.float32) for s in stages)
+            return tuple(out[s].astype(jnp.promote_types(out[s].dtype, jnp.float32))
+                         for s in stages)
 
         return self.model.apply({"params": params, "batch_stats": state.get("batch_stats", {})},
                                 images, method=maps)

@@ -20,7 +20,7 @@ from ssljax.methods.multi_exit import MultiExitMethod, build_network, check_num_
 
 def cross_entropy(logits: jax.Array, labels: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Mean softmax cross-entropy and top-1 accuracy (float32) of ``[N, C]`` logits."""
-    logits = logits.astype(jnp.float32)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     return ce, jnp.mean(jnp.argmax(logits, -1) == labels)
 

@@ -180,7 +180,7 @@ class MoCo(base.Method):
                                           x, mc.bn_groups)
         if shuffle:
             k = jnp.zeros_like(k).at[perm].set(k)  # un-shuffle: row perm[i] came from x[perm[i]]
-        return jax.lax.stop_gradient(k.astype(jnp.float32)), batch_stats
+        return jax.lax.stop_gradient(k.astype(jnp.promote_types(k.dtype, jnp.float32))), batch_stats
 
     # -- the objective --------------------------------------------------------------------
     def contrast(self, params, state, batch, rng):

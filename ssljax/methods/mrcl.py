@@ -242,7 +242,7 @@ class MRCL(base.Method):
         mc = self.config.mrcl
         views = batch["views"]
         (features, z, recon), batch_stats = self.forward(params, state, batch)
-        zs = jnp.split(z.astype(jnp.float32), views.shape[1])
+        zs = jnp.split(z.astype(jnp.promote_types(z.dtype, jnp.float32)), views.shape[1])
         new_state = dict(state, batch_stats=batch_stats)
         if mc.contrast == "nt_xent":
             con = losses.nt_xent(zs[0], zs[1], temperature=mc.temperature,
@@ -259,7 +259,7 @@ class MRCL(base.Method):
                  "batch_stats": state["target"]["batch_stats"]},
                 key_batch["views"], key_batch.get("masks"), num_masked=key_counts,
                 decode_views=(), train=True, mutable=["batch_stats"])
-            k = jax.lax.stop_gradient(k.astype(jnp.float32))
+            k = jax.lax.stop_gradient(k.astype(jnp.promote_types(k.dtype, jnp.float32)))
             con = losses.infonce(zs[0], k, temperature=mc.temperature, queue=state["queue"],
                                  block_size=mc.block_size or None)
             k = k / jnp.linalg.norm(k, axis=1, keepdims=True)

@@ -53,7 +53,7 @@ class SimCLR(base.Method):
         (features, z), updates = self.model.apply(
             {"params": params, **state}, base.flatten_views(views), train=True,
             mutable=["batch_stats"])
-        z = z.astype(jnp.float32)
+        z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
         zs = jnp.split(z, num_views)
         loss = losses.nt_xent(zs[0], zs[1], temperature=self.config.loss.temperature,
                               block_size=self.config.loss.block_size or None)

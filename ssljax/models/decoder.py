@@ -67,7 +67,7 @@ class TransformerDecoder(nn.Module):
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
         x = nn.Dense(self.patch_size ** 2 * self.out_channels, dtype=self.dtype,
                      kernel_init=_dense_init, name="pred")(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 class ConvDecoder(nn.Module):
@@ -105,4 +105,4 @@ class ConvDecoder(nn.Module):
             x = jax.image.resize(x, (b, *out_hw, x.shape[-1]), method="bilinear")
         x = nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
                     name="pred")(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(x.dtype, jnp.float32))

@@ -1,7 +1,8 @@
 """Projector / predictor MLPs and the linear classifier used by probes.
 
 Linear layers use PyTorch's default initialisation (weights and biases uniform in
-``+-1/sqrt(fan_in)``), as the reference implementations do. Outputs are float32.
+``+-1/sqrt(fan_in)``), as the reference implementations do. Outputs are float32 (float64
+for a float64 compute dtype).
 """
 
 from __future__ import annotations
@@ -135,7 +136,7 @@ class MLP(nn.Module):
         )(x)
         if self.last_bn:
             x = self._bn(train, self.last_bn_affine, f"bn{i}")(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(self.dtype, jnp.float32))
 
 
 class LinearClassifier(nn.Module):
@@ -174,4 +175,4 @@ class LinearClassifier(nn.Module):
                 name="bn",
             )(x)
         x = torch_dense(self.num_classes, x.shape[-1], dtype=self.dtype, name="head")(x)
-        return x.astype(jnp.float32)
+        return x.astype(jnp.promote_types(self.dtype, jnp.float32))

@@ -86,16 +86,16 @@ class MultiExitResNet(nn.Module):
     def _sub_network(self, k: int, x: jax.Array, train: bool) -> jax.Array:
         net = self.backbone
         if self.kind == "fc":
-            pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+            pooled = jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2))
             out = torch_dense(net.feature_dim, pooled.shape[-1], dtype=net.dtype,
                               name=f"exit{k}_fc")(pooled)
-            return out.astype(jnp.float32)
+            return out.astype(jnp.promote_types(out.dtype, jnp.float32))
         for i in range(k, len(net.stage_sizes)):
             kwargs = net.stage_kwargs(i)
             if self.kind == "small":  # official: int(n / 2) blocks; we keep at least one
                 kwargs["num_blocks"] = max(kwargs["num_blocks"] // 2, 1)
             x = ResNetStage(**kwargs, name=f"exit{k}_stage{i + 1}")(x, train=train)
-        return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        return jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2))
 
     @nn.compact
     def __call__(self, x, *, train: bool) -> MultiExitFeatures:

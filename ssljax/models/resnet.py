@@ -322,7 +322,7 @@ class ResNet(nn.Module):
         for i in range(len(self.stage_sizes)):
             x = ResNetStage(**self.stage_kwargs(i), name=f"stage{i + 1}")(x, train=train)
             stages[f"stage{i + 1}"] = x
-        pooled = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
+        pooled = jnp.mean(x.astype(jnp.promote_types(x.dtype, jnp.float32)), axis=(1, 2))
         if return_stages:
             return pooled, stages
         return pooled

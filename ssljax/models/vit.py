@@ -156,7 +156,7 @@ class ViT(nn.Module):
             x = TransformerBlock(self.dim, self.heads, self.mlp_ratio, self.dtype,
                                  name=f"block{i}")(x)
         x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
-        x = x.astype(jnp.float32)
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         tokens = x[:, 1:] if self.pool == "cls" else x
         pooled = x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1)
         return (pooled, tokens) if return_tokens else pooled
