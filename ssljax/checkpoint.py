@@ -56,11 +56,12 @@ def _leaf_shapes(tree: Any) -> list[tuple[int, ...]]:
     return sorted(tuple(x.shape) for x in jax.tree.leaves(tree) if hasattr(x, "shape"))
 
 
-def _size_bytes(path: epath.Path) -> int:
-    try:
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    except OSError:
+def _size_bytes(path: str) -> int:
+    """Bytes under a local ``path``; 0 for remote paths (listing them costs requests)."""
+    if "://" in path:
         return 0
+    return sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(path) for f in files)
 
 
 class Checkpointer:
@@ -107,7 +108,7 @@ class Checkpointer:
                 raise
             self._remove_partial(step)
             previous = self.latest_step()
-            needed = (_size_bytes(epath.Path(self.directory) / str(previous))
+            needed = (_size_bytes(os.path.join(self.directory, str(previous)))
                       if previous is not None else 0)
             needed = needed or sum(int(np.prod(x.shape)) * x.dtype.itemsize
                                    for x in jax.tree.leaves(state))

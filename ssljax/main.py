@@ -120,7 +120,7 @@ def exit_status(error: BaseException) -> tuple[int, str] | None:
     if isinstance(error, (data.DatasetNotFoundError, ConfigError)):
         return EXIT_BAD_INPUT, f"error: {error}"
     if is_disk_full(error):  # ssljax.workdir.DiskFullError names the path and the bytes
-        name = getattr(error, "filename", None) or _WORKDIR.value
+        name = getattr(error, "filename", None) or "the workdir"
         text = (str(error) if hasattr(error, "needed") else
                 f"No space left on the device of {name}; free space there and run the same "
                 "command again.")

@@ -88,7 +88,7 @@ class MetricsWriter:
         if len(kept) != len(lines):
             tmp = self._path.parent / f".{self._path.name}.tmp"
             tmp.write_text("".join(k + "\n" for k in kept))
-            tmp.rename(self._path)
+            tmp.replace(self._path)
 
     def close(self) -> None:
         if self.enabled:

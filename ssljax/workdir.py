@@ -74,7 +74,7 @@ def _atomic_write(path: epath.Path, text: str) -> None:
     """Write ``text`` so that a reader sees the old file or the new one, never a part."""
     tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
     tmp.write_text(text)
-    tmp.rename(path)
+    tmp.replace(path)
 
 
 def _agree(value: int) -> int:
