@@ -255,6 +255,17 @@ def validate(config: ml_collections.ConfigDict) -> None:
     _validate_combinations(config)
 
 
+def validate_or_exit(config: ml_collections.ConfigDict) -> None:
+    """:func:`validate` for scripts (``experiments/``): a bad value is one sentence on stderr
+    and exit status 2, as ``python -m ssljax.main`` does."""
+    import sys
+    try:
+        validate(config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
 def _validate_combinations(config: ml_collections.ConfigDict) -> None:
     """The checks that need several keys, or the objects the run will build from them."""
     from ssljax import data, methods
