@@ -166,12 +166,15 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _interrupt_in_setup(signum, frame) -> None:
-    """Until the trainer installs its own handlers: a signal stops set-up with status 75."""
+    """Until the trainer installs its own handlers: a signal stops set-up with status 75.
+
+    It exits here rather than raise: nothing is held yet, and an exception raised in a
+    signal handler can land in a callback that swallows it (the garbage collector's)."""
     del frame
     import signal
     print(f"Interrupted ({signal.Signals(signum).name}) during set-up: nothing needed saving "
-          "yet; run the same command again to start.", file=sys.stderr)
-    sys.exit(EXIT_PREEMPTED)
+          "yet; run the same command again to start.", file=sys.stderr, flush=True)
+    os._exit(EXIT_PREEMPTED)
 
 
 def run() -> None:

@@ -404,6 +404,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     watcher.phase = "eval"
     eval_start = time.time()
     results = evaluate_encoder(config, method, ts, mesh, info)
+    if watcher.requested:  # a signal whose exception a callback swallowed: still stop
+        raise preemption.Interrupted(watcher.message())
     if metrics is not None:
         results["online_probe_top1"] = round(100 * float(metrics["probe_top1"]), 2)
     results.update(method=config.method, steps=total_steps, train_time_s=round(train_time, 1),
