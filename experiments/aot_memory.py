@@ -241,6 +241,8 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     setup_devices(args.devices)
     cfg = load_config(args.config, args.set)
+    from ssljax.config import validate_or_exit
+    validate_or_exit(cfg)
     fsdp = args.fsdp if args.fsdp is not None else cfg.get("sharding", {}).get("fsdp", 1)
     import time
     t0 = time.time()

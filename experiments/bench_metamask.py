@@ -29,6 +29,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ssljax import data, methods, sharding, train  # noqa: E402
+from ssljax.config import validate_or_exit  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/metamask.py:fashion_mnist",
                                           "configs/metamask.py:<variant>")
@@ -78,6 +79,7 @@ def main(argv):
         raise app.UsageError("--config must be a MetaMask config (configs/metamask.py:<variant>).")
     if _BATCH.value:
         config.batch_size = _BATCH.value
+    validate_or_exit(config)
     mesh = sharding.make_mesh()
     info = data.dataset_info(config.data.name)
     size, channels = config.data.image_size, info.image_shape[-1]

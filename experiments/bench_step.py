@@ -21,6 +21,7 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from ssljax import data, methods, sharding, train  # noqa: E402
+from ssljax.config import validate_or_exit  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<variant>")
 _BATCH = flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's).")
@@ -35,6 +36,7 @@ def main(argv):
     config = _CONFIG.value
     if _BATCH.value:
         config.batch_size = _BATCH.value
+    validate_or_exit(config)
     data.configure_tf(config.data.tf_threads)
     mesh = sharding.make_mesh()
     info = data.dataset_info(config.data.name)

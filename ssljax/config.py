@@ -141,3 +141,165 @@ def check_overrides(argv: Iterable[str], cfg: ml_collections.ConfigDict,
         close = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
         hint = f"; did you mean '{close[0]}'?" if close else "."
         raise ConfigError(f"Unknown config key '{key}' in {arg.split('=')[0]}{hint}")
+
+
+# ----------------------------------------------------------------------------- validation
+# Ranges, by key pattern (fnmatch on the dotted key; every matching rule applies). Tuples
+# (hidden_dims, stage_widths) are checked element by element. Method sections are covered by
+# name patterns (``*temperature``, ``*.out_dim``), so a new section gets the same checks.
+_POSITIVE = "a number > 0"
+_NON_NEGATIVE = "a number >= 0"
+_PROBABILITY = "a probability in [0, 1]"
+_MOMENTUM = "a number in [0, 1)"
+_RULES: tuple[tuple[str, str], ...] = (
+    ("batch_size", _POSITIVE), ("log_every", _POSITIVE), ("checkpoint_every", _POSITIVE),
+    ("keep_checkpoints", _POSITIVE), ("data.image_size", _POSITIVE),
+    ("data.num_views", _POSITIVE), ("data.tf_threads", _POSITIVE), ("model.width", _POSITIVE),
+    ("model.stage_widths", _POSITIVE), ("model.patch_size", _POSITIVE),
+    ("model.stem_stride", _POSITIVE), ("sharding.fsdp", _POSITIVE),
+    ("sharding.fsdp_min_size", _NON_NEGATIVE), ("num_epochs", _NON_NEGATIVE),
+    ("optimizer.lr", _POSITIVE), ("*_lr", _POSITIVE), ("*temperature", _POSITIVE),
+    ("*.out_dim", _POSITIVE), ("*.hidden_dims", _POSITIVE), ("*queue_size", _POSITIVE),
+    ("*.eps", _POSITIVE), ("*weight_decay", _NON_NEGATIVE),
+    ("optimizer.warmup_epochs", _NON_NEGATIVE), ("optimizer.warmup_init", _PROBABILITY),
+    ("optimizer.final_lr_ratio", _PROBABILITY), ("optimizer.trust_coefficient", _POSITIVE),
+    ("optimizer.momentum", _MOMENTUM), ("optimizer.b1", _MOMENTUM), ("optimizer.b2", _MOMENTUM),
+    ("*.*momentum", _PROBABILITY), ("data.augment*.*_p", _PROBABILITY),
+    ("data.augment*.brightness", _NON_NEGATIVE), ("data.augment*.contrast", _NON_NEGATIVE),
+    ("data.augment*.saturation", _NON_NEGATIVE), ("data.augment*.hue", _NON_NEGATIVE),
+    ("data.jigsaw.flip_p", _PROBABILITY), ("data.jigsaw.size", _POSITIVE),
+    ("data.jigsaw.patch", _POSITIVE), ("data.mask.ratio", _PROBABILITY),
+    ("data.mask.patch_size", _POSITIVE), ("decoder.channels", _POSITIVE),
+    ("decoder.dim", _POSITIVE), ("decoder.depth", _POSITIVE), ("decoder.heads", _POSITIVE),
+    ("eval.batch_size", _POSITIVE), ("eval.knn_k", _POSITIVE),
+    ("eval.linear_epochs", _POSITIVE), ("eval.linear_batch_size", _POSITIVE),
+    ("eval.linear_final_lr_ratio", _PROBABILITY), ("eval.linear_decay_rate", _POSITIVE),
+    ("eval.image_size", _NON_NEGATIVE), ("eval.segmentation_epochs", _POSITIVE),
+    ("eval.segmentation_threshold", _PROBABILITY),
+    ("eval.segmentation_train_examples", _POSITIVE),
+    ("*_coeff", _NON_NEGATIVE), ("*lambd*", _NON_NEGATIVE), ("*weight_*", _NON_NEGATIVE),
+    ("*_weight", _NON_NEGATIVE), ("*.alpha", _NON_NEGATIVE), ("*.beta", _NON_NEGATIVE),
+)
+_CHOICES = {
+    "optimizer.name": ("sgd", "lars", "adamw", "adam"),
+    "optimizer.lr_scaling": ("linear", "sqrt", "none"),
+    "model.stem": ("cifar", "imagenet"), "model.dtype": ("float32", "bfloat16"),
+    "model.pool": ("cls", "mean"), "eval.linear_optimizer": ("adamw", "sgd"),
+    "eval.linear_schedule": ("cosine", "piecewise"),
+}
+_CHECKS = {
+    _POSITIVE: lambda v: v > 0, _NON_NEGATIVE: lambda v: v >= 0,
+    _PROBABILITY: lambda v: 0 <= v <= 1, _MOMENTUM: lambda v: 0 <= v < 1,
+}
+
+
+def _value(cfg: ml_collections.ConfigDict, key: str):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def _check_range(key: str, value, allowed: str) -> None:
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{key}={value!r} is not a number; set --config.{key} to "
+                              f"{allowed}.")
+        if v != v or not _CHECKS[allowed](v):  # NaN fails every range
+            raise ConfigError(f"{key}={value!r} is out of range; set --config.{key} to "
+                              f"{allowed}.")
+
+
+def _downsampling(model: ml_collections.ConfigDict) -> int:
+    """How many pixels of the input one position of the backbone's last map covers."""
+    if model.name.startswith("vit"):
+        return model.patch_size
+    stem = 4 if model.stem == "imagenet" else model.stem_stride  # conv 7x7/2 and max pool
+    return stem * 8  # stages 2-4 halve the map
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks every value of ``config`` before any work starts; raises :class:`ConfigError`.
+
+    Ranges (positive sizes, learning rates, temperatures and intervals; probabilities in
+    [0, 1]), choices, and combinations: a run length, enough views for the method, an image
+    size the model can downsample. The method, its augmentations, masks and jigsaw are
+    built once (cheap, no JAX computation) so that their own checks run now too.
+
+    Raises:
+      ConfigError: one sentence naming the key, its value and what is allowed.
+
+    >>> validate(base_config())
+    >>> cfg = base_config(); cfg.batch_size = 0
+    >>> validate(cfg)
+    Traceback (most recent call last):
+    ...
+    ssljax.config.ConfigError: batch_size=0 is out of range; set --config.batch_size to a number > 0.
+    """
+    import fnmatch
+    keys = [k for k in flatten_keys(config)
+            if not isinstance(_value(config, k), ml_collections.ConfigDict)]
+    for key in keys:
+        value = _value(config, key)
+        for pattern, allowed in _RULES:
+            if fnmatch.fnmatchcase(key, pattern) and value is not None:
+                _check_range(key, value, allowed)
+        if key in _CHOICES and value not in _CHOICES[key]:
+            raise ConfigError(f"{key}={value!r} is not one of {', '.join(_CHOICES[key])}; "
+                              f"set --config.{key} to one of them.")
+    if config.get("total_steps", -1) <= 0 and config.num_epochs <= 0:
+        raise ConfigError(f"num_epochs={config.num_epochs} and total_steps="
+                          f"{config.get('total_steps', -1)} give a run of no steps; set "
+                          "--config.num_epochs or --config.total_steps to a number > 0.")
+    _validate_combinations(config)
+
+
+def validate_or_exit(config: ml_collections.ConfigDict) -> None:
+    """:func:`validate` for scripts (``experiments/``): a bad value is one sentence on stderr
+    and exit status 2, as ``python -m ssljax.main`` does."""
+    import sys
+    try:
+        validate(config)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _validate_combinations(config: ml_collections.ConfigDict) -> None:
+    """The checks that need several keys, or the objects the run will build from them."""
+    from ssljax import data, methods
+    try:
+        info = data.dataset_info(config.data.name)
+        method_cls = methods.get_method(config.method)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if config.data.num_views < method_cls.min_views:
+        raise ConfigError(f"data.num_views={config.data.num_views} is too few for "
+                          f"{config.method}, which contrasts {method_cls.min_views} views; set "
+                          f"--config.data.num_views={method_cls.min_views}.")
+    need = _downsampling(config.model)
+    for key in ("data.image_size", "eval.image_size"):
+        size = _value(config, key)
+        if size and (size < need or (config.model.name.startswith("vit") and size % need)):
+            rule = (f"a multiple of model.patch_size={need}" if config.model.name.startswith("vit")
+                    else f"at least the model's downsampling, {need} pixels")
+            raise ConfigError(f"{key}={size} does not fit model {config.model.name} (stem "
+                              f"{config.model.get('stem')}); set --config.{key} to {rule}.")
+    try:  # the objects the pipeline and the trainer build, with their own checks
+        from ssljax.train import augment_configs, jigsaw_config
+        augment_configs(config.data)
+        jigsaw_config(config.data)
+        mask = data.mask_config_from(config.data.get("mask"))
+        if mask is not None:
+            mask.grid(config.data.image_size)
+            bad = [v for v in mask.views if not 0 <= v < config.data.num_views]
+            if bad:
+                raise ValueError(f"data.mask.views={mask.views} names view(s) {bad} of "
+                                 f"{config.data.num_views}; set --config.data.mask.views to "
+                                 "indices below data.num_views.")
+        methods.get_method(config.method)(config, num_classes=info.num_classes)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError(str(e).strip("'\"")) from None

@@ -37,9 +37,12 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "Number of processes of a multi-host run.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process, in [0, num_processes).")
 
-# Exit statuses: 0 done; 2 bad input (config, dataset); 3 non-finite loss (the last good
-# checkpoint is kept); 75 preempted (SIGTERM): the checkpoint of the current step was saved,
-# run the same command again to resume (``ssljax.preemption.EXIT_PREEMPTED``).
+# Exit statuses: 0 done; 2 bad input (config, dataset, workdir, a full disk: fix it, then run
+# the same command again); 3 non-finite loss (the last good checkpoint is kept); 75
+# interrupted (SIGTERM, SIGINT): the checkpoint of the current step was saved, or there was
+# nothing to save; run the same command again (``ssljax.preemption.EXIT_PREEMPTED``).
+# A full disk is 2, not 75: wrappers requeue 75 (experiments/slurm_train.sbatch), and a
+# full disk would fail again.
 EXIT_BAD_INPUT = 2
 EXIT_NONFINITE = 3
 EXIT_PREEMPTED = 75
@@ -81,12 +84,54 @@ def _check_args(argv: list[str]) -> None:
     check_overrides(argv, cfg)
 
 
-def main(argv):
-    del argv
+def _run_pipeline() -> dict:
+    """Set-up, validation, training and evaluation; errors propagate to :func:`main`."""
     import jax
 
-    from ssljax import data, distributed, train
+    from ssljax import distributed, train, workdir
+    from ssljax.config import ConfigError, validate
+    config = _CONFIG.value
+    # Every value, and the workdir, before any work starts (pre-training and evaluation).
+    validate(config)
+    workdir.check_path(_WORKDIR.value)
+    # Compiled steps are cached on disk, so re-running a command (to resume, or after a
+    # change of workdir) skips most of the XLA compilation.
+    jax.config.update("jax_compilation_cache_dir", os.environ.get(
+        "SSLJAX_XLA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ssljax", "xla")))
+    try:
+        distributed.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if jax.process_index() != 0:  # one log for the whole run: process 0's
+        pylogging.getLogger("ssljax").setLevel(pylogging.WARNING)
+    return train.train_and_evaluate(config, _WORKDIR.value)
+
+
+def exit_status(error: BaseException) -> tuple[int, str] | None:
+    """The exit status and the one sentence for ``error``; None for a bug (a traceback)."""
+    from ssljax import data, preemption, train
     from ssljax.config import ConfigError
+    from ssljax.workdir import is_disk_full
+    if isinstance(error, train.NonFiniteLossError):
+        return EXIT_NONFINITE, f"error: {error}"
+    if isinstance(error, (train.Preempted, preemption.Interrupted)):
+        return EXIT_PREEMPTED, str(error)
+    if isinstance(error, (data.DatasetNotFoundError, ConfigError)):
+        return EXIT_BAD_INPUT, f"error: {error}"
+    if is_disk_full(error):  # ssljax.workdir.DiskFullError names the path and the bytes
+        name = getattr(error, "filename", None) or "the workdir"
+        text = (str(error) if hasattr(error, "needed") else
+                f"No space left on the device of {name}; free space there and run the same "
+                "command again.")
+        return EXIT_BAD_INPUT, f"error: {text}"
+    if isinstance(error, KeyboardInterrupt):  # SIGINT before the handlers were installed
+        return EXIT_PREEMPTED, "Interrupted (SIGINT) during set-up: nothing needed saving yet."
+    return None
+
+
+def main(argv):
+    del argv
     # Our progress lines on stderr; libraries (orbax, absl) only warn.
     logging.set_verbosity(logging.WARNING)
     handler = pylogging.StreamHandler()
@@ -95,42 +140,53 @@ def main(argv):
     ssljax_logger.addHandler(handler)
     ssljax_logger.setLevel(pylogging.INFO)
     ssljax_logger.propagate = False
-    # Compiled steps are cached on disk, so re-running a command (to resume, or after a
-    # change of workdir) skips most of the XLA compilation.
-    jax.config.update("jax_compilation_cache_dir", os.environ.get(
-        "SSLJAX_XLA_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "ssljax", "xla")))
-    config = _CONFIG.value
     try:
-        distributed.initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
-    if jax.process_index() != 0:  # one log for the whole run: process 0's
-        ssljax_logger.setLevel(pylogging.WARNING)
-    try:
-        results = train.train_and_evaluate(config, _WORKDIR.value)
-    except train.NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_NONFINITE)
-    except train.Preempted as e:
-        print(str(e), file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
-    except (data.DatasetNotFoundError, ConfigError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(EXIT_BAD_INPUT)
+        results = _run_pipeline()
+    except BaseException as e:  # noqa: BLE001 - known failures become one sentence
+        if isinstance(e, SystemExit):
+            raise
+        known = exit_status(e)
+        if known is None:
+            raise
+        print(known[1], file=sys.stderr)
+        sys.exit(known[0])
+    import jax
     if results and jax.process_index() == 0:
         print_table(results)
         print(f"results: {os.path.join(_WORKDIR.value, 'results.json')}")
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with a bad value as one sentence and status 2 (not usage text)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _interrupt_in_setup(signum, frame) -> None:
+    """Until the trainer installs its own handlers: a signal stops set-up with status 75.
+
+    It exits here rather than raise: nothing is held yet, and an exception raised in a
+    signal handler can land in a callback that swallows it (the garbage collector's)."""
+    del frame
+    import signal
+    print(f"Interrupted ({signal.Signals(signum).name}) during set-up: nothing needed saving "
+          "yet; run the same command again to start.", file=sys.stderr, flush=True)
+    os._exit(EXIT_PREEMPTED)
+
+
 def run() -> None:
+    import signal
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _interrupt_in_setup)
     try:
         _check_args(sys.argv[1:])
     except Exception as e:  # noqa: BLE001 - any config problem becomes one sentence
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    app.run(main)
+    app.run(main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

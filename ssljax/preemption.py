@@ -1,4 +1,4 @@
-"""Preemption: turn SIGTERM into "finish this step, save a checkpoint, exit".
+"""Preemption: turn SIGTERM (and SIGINT) into "finish this step, save a checkpoint, exit".
 
 Cloud TPU VMs, spot/preemptible GPU instances and SLURM (``--signal=TERM@...``, or on
 ``scancel``/time limit) send SIGTERM some seconds before they kill a job. The trainer asks
@@ -18,7 +18,9 @@ signal, all processes agree on the next step to stop at
 from __future__ import annotations
 
 import logging
+import os
 import signal
+import sys
 import threading
 
 import jax
@@ -32,49 +34,104 @@ EXIT_PREEMPTED = 75
 
 
 class Preempted(Exception):
-    """Training stopped on SIGTERM after saving the checkpoint of step :attr:`step`."""
+    """Training stopped on a signal after saving the checkpoint of step :attr:`step`."""
 
-    def __init__(self, step: int, directory: str):
+    def __init__(self, step: int, directory: str, signame: str = "SIGTERM"):
         self.step = step
         self.directory = directory
-        super().__init__(f"Preempted (SIGTERM): saved the checkpoint of step {step} in "
+        what = "Preempted" if signame == "SIGTERM" else "Interrupted"
+        super().__init__(f"{what} ({signame}): saved the checkpoint of step {step} in "
                          f"{directory}; run the same command again to resume from it.")
 
 
-class PreemptionWatcher:
-    """Answers, at each step, whether to stop for a preemption; a context manager.
+class Interrupted(BaseException):
+    """A signal outside the training steps (set-up, evaluation): there was nothing to save.
 
-    One process: a SIGTERM handler (installed on entry, the previous one restored on exit)
-    sets a flag; the signal then never kills the process mid-step. Several processes: JAX's
-    preemption sync manager decides, so that every process stops at the same step; it must
-    then be asked at every step from the same first step on.
+    A ``BaseException`` like ``KeyboardInterrupt``, so that no ``except Exception`` on the
+    way (a checkpoint's verification, a data loader) mistakes it for a failure of its own.
     """
 
-    def __init__(self) -> None:
+
+def _name(signum: int) -> str:
+    return signal.Signals(signum).name
+
+
+class PreemptionWatcher:
+    """Turns SIGTERM and SIGINT into an orderly stop, whatever the run is doing; a context
+    manager around the whole run.
+
+    ``phase`` says what the run is doing: ``"setup"`` and ``"eval"``: the handler raises
+    :class:`Interrupted` at once (with the message ``message_for(phase)``); ``"train"``: it
+    sets a flag, the trainer finishes the current step, saves it and raises
+    :class:`Preempted`. A second SIGINT ends the process at once (status 75; the last
+    complete checkpoint is intact). Handlers are installed on entry (main thread only) and
+    the previous ones restored on exit.
+
+    Several processes: JAX's preemption sync manager owns SIGTERM and decides, so that every
+    process stops at the same step; it must then be asked at every step from the same first
+    step on. No handler is installed then (a signal in set-up or evaluation is JAX's).
+    """
+
+    def __init__(self, messages: dict[str, str] | None = None) -> None:
         self._requested = threading.Event()
-        self._previous = None
+        self._previous: dict[int, object] = {}
         self._multihost = jax.process_count() > 1
         self._sync_broken = False
+        self.phase = "setup"
+        self.signame = "SIGTERM"
+        self.messages = dict(messages or {})
+        self.on_exit_now = lambda: None  # cleanup before a second SIGINT ends the process
 
     def __enter__(self) -> "PreemptionWatcher":
-        if not self._multihost and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        if threading.current_thread() is threading.main_thread():
+            # Several processes: SIGTERM is JAX's; SIGINT stops this process alone, at once.
+            ours = (signal.SIGINT,) if self._multihost else (signal.SIGTERM, signal.SIGINT)
+            for signum in ours:
+                self._previous[signum] = signal.signal(signum, self._on_signal)
         return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous = {}
 
-    def _on_sigterm(self, signum, frame) -> None:
-        del signum, frame
-        if not self._requested.is_set():
-            logger.warning("SIGTERM: finishing the current step, then saving a checkpoint.")
+    def _on_signal(self, signum, frame) -> None:
+        del frame
+        name = _name(signum)
+        if self._requested.is_set():
+            if signum == signal.SIGINT:
+                print(f"Second interrupt ({name}): stopped at once without saving; "
+                      f"{self.messages.get('now', 'the last complete checkpoint is intact')}.",
+                      file=sys.stderr, flush=True)
+                self.on_exit_now()
+                os._exit(EXIT_PREEMPTED)
+            return
+        self.signame = name
         self._requested.set()
+        if self._multihost:
+            raise Interrupted(f"Interrupted ({name}) on process {jax.process_index()}, without "
+                              f"saving (a multi-host run saves on SIGTERM only): "
+                              f"{self.messages.get('now', 'nothing was lost')}.")
+        if self.phase != "train":
+            raise Interrupted(self.message())
+        logger.warning("%s: finishing the current step, then saving a checkpoint.", name)
+
+    def message(self) -> str:
+        """The sentence for a stop outside training, in the current phase."""
+        what = self.messages.get(self.phase, "nothing was lost")
+        return f"Interrupted ({self.signame}) during {self.phase_name()}: {what}."
+
+    def phase_name(self) -> str:
+        return {"setup": "set-up", "eval": "evaluation"}.get(self.phase, self.phase)
 
     def request(self) -> None:
         """Asks for a stop as SIGTERM would (single process; for tests and callbacks)."""
         self._requested.set()
+
+    @property
+    def requested(self) -> bool:
+        """Whether a signal arrived (single process)."""
+        return self._requested.is_set()
 
     def reached(self, step: int) -> bool:
         """True when training should save the state of ``step`` and stop."""

@@ -25,7 +25,8 @@ import optax
 from etils import epath
 
 from ssljax import checkpoint, data, distributed, evaluate, methods, optim, preemption, sharding
-from ssljax.config import ConfigError
+from ssljax import workdir as workdir_lib
+from ssljax.config import ConfigError, validate
 
 logger = logging.getLogger("ssljax")
 
@@ -40,12 +41,17 @@ Preempted = preemption.Preempted  # raised after SIGTERM, once the step's checkp
 class MetricsWriter:
     """``metrics.jsonl`` (one JSON object per logged step) and TensorBoard, on process 0 only."""
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, *, start_step: int = 0):
+        """``start_step``: the step training resumes after; rows of later steps (written by
+        the interrupted run, about to be redone) and of an earlier evaluation are dropped,
+        so the file never repeats a step."""
         self.enabled = jax.process_index() == 0
         self._tb = None
         if not self.enabled:
             return
-        self._jsonl = (epath.Path(workdir) / "metrics.jsonl").open("a")  # gs:// too
+        self._path = epath.Path(workdir) / "metrics.jsonl"  # gs:// too
+        self._drop_rows_after(start_step)
+        self._jsonl = self._path.open("a")
         try:
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
@@ -55,15 +61,41 @@ class MetricsWriter:
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
             return
-        self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": step, **scalars}) + "\n"
+        try:
+            self._jsonl.write(line)
+            self._jsonl.flush()
+        except OSError as e:
+            if workdir_lib.is_disk_full(e):
+                raise workdir_lib.DiskFullError(str(self._path), len(line)) from None
+            raise
         if self._tb is not None:
             for k, v in scalars.items():
                 self._tb.add_scalar(k, v, step)
 
+    def _drop_rows_after(self, start_step: int) -> None:
+        if not self._path.exists():
+            return
+        lines = self._path.read_text().splitlines()
+        kept = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line cut off by a crash
+                continue
+            if "loss" in row and row.get("step", 0) <= start_step:
+                kept.append(line)
+        if len(kept) != len(lines):
+            tmp = self._path.parent / f".{self._path.name}.tmp"
+            tmp.write_text("".join(k + "\n" for k in kept))
+            tmp.replace(self._path)
+
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
+            try:
+                self._jsonl.close()
+            except OSError:  # a full disk was already reported
+                pass
             if self._tb is not None:
                 self._tb.close()
 
@@ -173,11 +205,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        mesh: jax.sharding.Mesh | None = None) -> dict[str, Any]:
     """Pre-train ``config.method``, checkpointing to ``workdir``; evaluate when training is done.
 
+    Before any work: the config is validated (:func:`ssljax.config.validate`), the workdir
+    locked (:class:`ssljax.workdir.Lock`) and checked against the config of its first start
+    (:func:`ssljax.workdir.check_identity`). SIGTERM and SIGINT stop the run in order
+    (:class:`ssljax.preemption.PreemptionWatcher`).
+
     Returns the results dict (also written to ``workdir/results.json``), or ``{}`` when the
     run stopped early at ``config.stop_after_step``.
+
+    Raises:
+      ConfigError: a bad config or workdir (one sentence).
+      Preempted: a signal during training; the checkpoint of the current step was saved.
+      preemption.Interrupted: a signal during set-up or evaluation; nothing was lost.
+      NonFiniteLossError: the loss became NaN or infinite.
+      ssljax.workdir.DiskFullError: no space left for a checkpoint or a log.
     """
+    validate(config)
+    workdir_lib.check_path(workdir)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    messages = {"setup": "nothing needed saving yet; run the same command again to start",
+                "now": f"the last complete checkpoint in {ckpt_dir} is intact; run the same "
+                       "command again to resume from it"}
+    with preemption.PreemptionWatcher(messages) as watcher:
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local or gs:// directory
+        with workdir_lib.Lock(workdir) as lock:
+            watcher.on_exit_now = lock.release
+            workdir_lib.check_identity(config, workdir)
+            return _train_and_evaluate(config, workdir, mesh, watcher)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        mesh: jax.sharding.Mesh | None,
+                        watcher: preemption.PreemptionWatcher) -> dict[str, Any]:
     setup_start = time.time()
-    epath.Path(workdir).mkdir(parents=True, exist_ok=True)  # a local or gs:// directory
     is_main = jax.process_index() == 0
     data.configure_tf(config.data.tf_threads)
 
@@ -231,14 +291,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
 
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
                                    max_to_keep=config.keep_checkpoints)
-    start_step = ckpt.latest_step()
-    if start_step is None:
+    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                            abstract_state, state_sharding)
+    # Newest good checkpoint first; damaged ones are moved aside (ssljax.checkpoint).
+    found = ckpt.restore_latest(abstract)
+    if found is None:
         ts = steps.init(init_key(config.seed), example)
         start_step = 0
     else:
-        abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                                abstract_state, state_sharding)
-        ts, meta = ckpt.restore(start_step, abstract)
+        start_step, ts, meta = found
         if meta.get("method") != config.method:
             raise ConfigError(f"{workdir} holds a checkpoint of method {meta.get('method')!r}, not "
                              f"{config.method!r}; use a fresh --workdir.")
@@ -248,10 +309,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     train_step = steps.train_step
     step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
 
-    if is_main:
-        with (epath.Path(workdir) / "config.json").open("w") as f:
-            f.write(config.to_json_best_effort(indent=2))
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, start_step=start_step)
     meta = {"method": config.method, "total_steps": total_steps}
     last_step = total_steps
     if config.stop_after_step > 0:
@@ -299,30 +357,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                         _format_eta(eta) if done else "?")
             writer.write(step, {k: v for k, v in scalars.items() if math.isfinite(v)})
 
-        # SIGTERM (preemption) lets the current step finish, then saves it and stops.
-        with preemption.PreemptionWatcher() as watcher:
-            for step in range(first_step, last_step + 1):
-                ts, metrics = train_step(ts, next(batches), step_rng)
+        # SIGTERM (preemption) or SIGINT lets the current step finish, then saves it and stops.
+        if watcher.requested:  # a signal in set-up that no handler could raise through
+            raise preemption.Interrupted(watcher.message())
+        watcher.phase = "train"
+        for step in range(first_step, last_step + 1):
+            ts, metrics = train_step(ts, next(batches), step_rng)
+            flush()
+            if step == first_step:
+                jax.block_until_ready(metrics)
+                first_done = time.time()
+                logger.info("First step (compilation included) took %.0fs.",
+                            first_done - train_start)
+            preempted = watcher.reached(step)
+            if step % config.log_every == 0 or step == last_step or preempted:
+                pending = (step, metrics)
+            if step % config.checkpoint_every == 0 or step == last_step or preempted:
                 flush()
-                if step == first_step:
-                    jax.block_until_ready(metrics)
-                    first_done = time.time()
-                    logger.info("First step (compilation included) took %.0fs.",
-                                first_done - train_start)
-                preempted = watcher.reached(step)
-                if step % config.log_every == 0 or step == last_step or preempted:
-                    pending = (step, metrics)
-                if step % config.checkpoint_every == 0 or step == last_step or preempted:
-                    flush()
-                    check_finite(step, {"loss": float(metrics["loss"])})  # never save a NaN state
-                    ckpt.save(step, ts, meta)
-                if preempted:  # also at the last step: exit now, evaluate on the restart
-                    logger.warning("Preempted: saved step %d; exiting.", step)
-                    writer.close()
-                    ckpt.close()
-                    raise preemption.Preempted(step, ckpt.directory)
+                check_finite(step, {"loss": float(metrics["loss"])})  # never save a NaN state
+                ckpt.save(step, ts, meta)
+            if preempted:  # also at the last step: exit now, evaluate on the restart
+                logger.warning("Preempted: saved step %d; exiting.", step)
+                writer.close()
+                ckpt.close()
+                raise preemption.Preempted(step, ckpt.directory, watcher.signame)
         flush()
     train_time = time.time() - train_start
+    if watcher.requested:  # the signal came during the last save: it is complete
+        writer.close()
+        ckpt.close()
+        raise preemption.Preempted(last_step, ckpt.directory, watcher.signame)
 
     if last_step < total_steps:
         logger.info("Stopped after step %d of %d as asked (stop_after_step); run the same "
@@ -332,15 +396,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         return {}
 
     # ---- Evaluation ----------------------------------------------------------------------
+    # A signal now loses nothing: the final checkpoint is complete and a rerun goes
+    # straight to evaluation.
+    watcher.messages["eval"] = (f"the checkpoint of step {last_step}, the end of pre-training, "
+                                f"is complete in {ckpt.directory}; run the same command again "
+                                "to evaluate it")
+    watcher.phase = "eval"
     eval_start = time.time()
     results = evaluate_encoder(config, method, ts, mesh, info)
+    if watcher.requested:  # a signal whose exception a callback swallowed: still stop
+        raise preemption.Interrupted(watcher.message())
     if metrics is not None:
         results["online_probe_top1"] = round(100 * float(metrics["probe_top1"]), 2)
     results.update(method=config.method, steps=total_steps, train_time_s=round(train_time, 1),
                    eval_time_s=round(time.time() - eval_start, 1))
     if is_main:
-        with (epath.Path(workdir) / "results.json").open("w") as f:
-            json.dump(results, f, indent=2)
+        text = json.dumps(results, indent=2)
+        try:
+            (epath.Path(workdir) / "results.json").write_text(text)
+        except OSError as e:
+            if workdir_lib.is_disk_full(e):
+                raise workdir_lib.DiskFullError(os.path.join(workdir, "results.json"),
+                                                len(text)) from None
+            raise
     writer.write(total_steps, {k: v for k, v in results.items() if k.endswith("top1")})
     writer.close()
     ckpt.close()

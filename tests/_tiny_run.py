@@ -20,6 +20,7 @@ import jax  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, REPO)  # this checkout's ssljax, whatever the environment has installed
 
 
 def main() -> None:

@@ -167,11 +167,13 @@ def test_checkpoint_killed_mid_write_is_never_restored(straight_command, tmp_pat
 
     assert [losses(workdir)[s] for s in (1, 2)] == [straight_command[s] for s in (1, 2)]
 
-    # The same command again restores step 2, redoes steps 3.. exactly, saves step 4 again.
+    # The same command again restores step 2, redoes steps 3.. exactly, saves step 4 again;
+    # the killed run's rows for steps 3-4 are dropped, so no step appears twice.
     proc = _tiny_run(workdir)
     assert proc.returncode == 0, proc.stderr
     rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
-    after = {r["step"]: r["loss"] for r in rows[4:] if "loss" in r}
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, TOTAL + 1))
+    after = {r["step"]: r["loss"] for r in rows[2:] if "loss" in r}
     assert sorted(after) == list(range(3, TOTAL + 1))
     steps = range(3, TOTAL + 1)
     assert [after[s] for s in steps] == [straight_command[s] for s in steps]

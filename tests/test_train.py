@@ -126,19 +126,26 @@ def test_resume_continues_exactly(run_1dev, tmp_path):
     assert results["linear_probe_top1"] == run_1dev[1]["linear_probe_top1"]
 
 
-def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(run_1dev, tmp_path):
+def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(run_1dev, tmp_path,
+                                                                       monkeypatch):
     workdir = str(tmp_path)
     mesh = sharding.make_mesh(1)
     train.train_and_evaluate(tiny_config(stop_after_step=2), workdir, mesh=mesh)
     with pytest.raises(train.NonFiniteLossError, match=r"step \d.*checkpoint at step 2.*intact"):
-        # A NaN learning rate poisons the parameters at step 3; step 4's loss is NaN.
+        # A NaN learning rate poisons the parameters at step 3; step 4's loss is NaN. The
+        # validation that refuses it is lifted for this one call.
+        monkeypatch.setattr(train, "validate", lambda config: None)
         train.train_and_evaluate(tiny_config(**{"optimizer.lr": float("nan")}), workdir, mesh=mesh)
+    monkeypatch.undo()
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
     assert ckpt.all_steps() == [2]
     # The kept checkpoint restores and trains on: steps 3-6 and the probe as an uninterrupted
-    # run's (the NaN run's rows for steps 3-4 are overwritten by the resumed run's).
+    # run's (the NaN run's rows for steps 3-4 are dropped on the resume).
     results = train.train_and_evaluate(tiny_config(), workdir, mesh=mesh)
     resumed, straight = read_losses(workdir), read_losses(run_1dev[0])
+    steps = [json.loads(line).get("step") for line in open(os.path.join(workdir, "metrics.jsonl"))
+             if '"loss"' in line]
+    assert steps == [1, 2, 3, 4, 5, 6]  # never a step twice
     np.testing.assert_allclose([resumed[s] for s in (3, 4, 5, 6)],
                                [straight[s] for s in (3, 4, 5, 6)], rtol=1e-6)
     assert results["linear_probe_top1"] == run_1dev[1]["linear_probe_top1"]

@@ -24,6 +24,7 @@ from ssljax.data.pipeline import (  # noqa: E402
 )
 from ssljax.data.sources import (  # noqa: E402
     DatasetInfo,
+    DatasetCorruptError,
     DatasetNotFoundError,
     dataset_info,
     load_arrays,
@@ -31,6 +32,7 @@ from ssljax.data.sources import (  # noqa: E402
 
 __all__ = [
     "AugmentConfig",
+    "DatasetCorruptError",
     "DatasetInfo",
     "DatasetNotFoundError",
     "MaskConfig",

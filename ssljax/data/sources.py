@@ -13,11 +13,13 @@ import functools
 import gzip
 import os
 import re
+import zlib
 
 import numpy as np
 
 __all__ = [
     "DatasetInfo",
+    "DatasetCorruptError",
     "DatasetNotFoundError",
     "dataset_info",
     "load_arrays",
@@ -172,26 +174,53 @@ def parse_split(split: str, sizes: dict[str, int]) -> list[tuple[str, int, int]]
 # ----------------------------------------------------------------------------- IDX
 
 
-def _read_idx(path: str) -> np.ndarray:
-    """Decodes one gzipped IDX file (uint8 payload) into an array."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    zeros, dtype_code, ndim = data[0:2], data[2], data[3]
-    if zeros != b"\x00\x00" or dtype_code != 0x08:
-        raise ValueError(f"{path} is not an uint8 IDX file.")
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    offset = 4 + 4 * ndim
-    array = np.frombuffer(data, dtype=np.uint8, offset=offset)
-    if array.size != int(np.prod(shape)):
-        raise ValueError(f"{path} is truncated: expected shape {shape}.")
-    return array.reshape(shape)
+REINSTALL_FASHION_MNIST = "sudo apt-get install --reinstall dataset-fashion-mnist"
+
+
+class DatasetCorruptError(DatasetNotFoundError):
+    """A dataset file is on disk but unreadable (truncated, corrupt, not what it claims)."""
+
+
+def _corrupt(path: str, what: str) -> DatasetCorruptError:
+    return DatasetCorruptError(
+        f"{path} is {what}; reinstall it with `{REINSTALL_FASHION_MNIST}` (or point "
+        f"${FASHION_MNIST_DIR_ENV} at a folder holding intact files).")
+
+
+def _read_idx(path: str, ndim: int | None = None) -> np.ndarray:
+    """Decodes one gzipped IDX file (uint8 payload) into an array.
+
+    Raises:
+      DatasetCorruptError: the file is not gzip, is cut short, has the wrong magic number
+        or dimensions, or its length disagrees with its header.
+    """
+    try:
+        with gzip.open(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+        raise _corrupt(path, f"not a readable gzip file ({type(e).__name__})") from None
+    if len(data) < 4:
+        raise _corrupt(path, "too short for an IDX header")
+    zeros, dtype_code, dims = data[0:2], data[2], data[3]
+    if zeros != b"\x00\x00" or dtype_code != 0x08 or (ndim is not None and dims != ndim):
+        raise _corrupt(path, f"not a uint8 IDX file of {ndim or 'some'} dimension(s) (magic "
+                             f"{data[:4].hex()})")
+    offset = 4 + 4 * dims
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
+    if len(data) != offset + int(np.prod(shape)):
+        raise _corrupt(path, f"{len(data)} bytes long where its header {shape} needs "
+                             f"{offset + int(np.prod(shape))}")
+    return np.frombuffer(data, dtype=np.uint8, offset=offset).reshape(shape)
 
 
 @functools.lru_cache(maxsize=4)
 def _load_idx_split(directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     image_file, label_file = _IDX_FILES[split]
-    images = _read_idx(os.path.join(directory, image_file))[..., None]
-    labels = _read_idx(os.path.join(directory, label_file)).astype(np.int32)
+    images = _read_idx(os.path.join(directory, image_file), 3)[..., None]
+    labels = _read_idx(os.path.join(directory, label_file), 1).astype(np.int32)
+    if len(images) != len(labels):
+        raise _corrupt(os.path.join(directory, label_file),
+                       f"{len(labels)} labels for {len(images)} images")
     images.flags.writeable = False  # shared by every caller through the cache
     labels.flags.writeable = False
     return images, labels

@@ -60,6 +60,7 @@ def apply_per_view(model: nn.Module, params: Any, state: Any, views: jax.Array,
 
 
 class TwoViewMethod(base.Method):
+    min_views = 2
     """A backbone and a projector, one forward pass per view; subclasses define the loss."""
 
     def __init__(self, config, *, num_classes):

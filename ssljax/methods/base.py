@@ -76,6 +76,9 @@ class Method:
     """Base class: a model, an objective and the generic one-loss training step."""
 
     name: str = ""
+    # The fewest views per image (``data.num_views``) the objective needs; checked by
+    # ``ssljax.config.validate`` before any work starts.
+    min_views: int = 1
     # The run's length in steps, set by ``ssljax.train.build_step`` (schedules inside a
     # method, e.g. BYOL's target momentum, need it); 0 until then.
     total_steps: int = 0

@@ -93,6 +93,7 @@ def _mlp(cfg, dtype) -> models.MLP:
 @register
 class BYOL(base.Method):
     name = "byol"
+    min_views = 2
 
     def __init__(self, config, *, num_classes):
         super().__init__(config, num_classes=num_classes)

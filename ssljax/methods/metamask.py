@@ -105,6 +105,7 @@ def momentum_buffer(opt_state: PyTree, params: PyTree) -> PyTree:
 @register
 class MetaMask(base.Method):
     name = "metamask"
+    min_views = 2
 
     def __init__(self, config, *, num_classes, backbone: nn.Module | None = None,
                  bt_head: nn.Module | None = None, cl_head: nn.Module | None = None):

@@ -114,6 +114,7 @@ class MoCo(base.Method):
     """MoCo v2. InfoMin (:mod:`ssljax.methods.infomin`) extends it with a jigsaw branch."""
 
     name = "moco"
+    min_views = 2
 
     def __init__(self, config, *, num_classes):
         super().__init__(config, num_classes=num_classes)

@@ -126,6 +126,7 @@ def build_decoder(config: ml_collections.ConfigDict, backbone: nn.Module, channe
 @register
 class MRCL(base.Method):
     name = "mrcl"
+    min_views = 2
 
     def __init__(self, config, *, num_classes):
         super().__init__(config, num_classes=num_classes)

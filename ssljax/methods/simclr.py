@@ -34,6 +34,7 @@ def build_projector(cfg, dtype) -> models.MLP:
 @register
 class SimCLR(base.Method):
     name = "simclr"
+    min_views = 2
 
     def __init__(self, config, *, num_classes):
         super().__init__(config, num_classes=num_classes)
