@@ -183,7 +183,7 @@ _RULES: tuple[tuple[str, str], ...] = (
 _CHOICES = {
     "optimizer.name": ("sgd", "lars", "adamw", "adam"),
     "optimizer.lr_scaling": ("linear", "sqrt", "none"),
-    "model.stem": ("cifar", "imagenet"), "model.dtype": ("float32", "bfloat16"),
+    "model.stem": ("cifar", "imagenet"), "model.dtype": ("float32", "bfloat16", "float64"),
     "model.pool": ("cls", "mean"), "eval.linear_optimizer": ("adamw", "sgd"),
     "eval.linear_schedule": ("cosine", "piecewise"),
 }
