@@ -504,3 +504,63 @@ def test_configure_tf_hides_gpus():
         pipeline.configure_tf(None)
     with pytest.raises(ValueError, match="threads"):
         pipeline.configure_tf(0)
+
+
+# ============================================================================ TFDS stream split
+@pytest.fixture(scope="module")
+def ids_tfds(tmp_path_factory):
+    """A prepared TFDS dataset of 60 8x8 images whose label is the example's index, so a
+    batch's labels say which examples it holds."""
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    n = 60
+    images = (np.arange(n)[:, None, None, None] * np.ones((1, 8, 8, 3))).astype(np.uint8)
+    builder = tfds.dataset_builders.TfDataBuilder(
+        name="ssljax_ids", config="default", version="1.0.0", data_dir=data_dir,
+        split_datasets={"train": tf.data.Dataset.from_tensor_slices(
+            {"image": images, "label": np.arange(n)})},
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(8, 8, 3)),
+            "label": tfds.features.ClassLabel(num_classes=n)}))
+    builder.download_and_prepare()
+    return data_dir, n
+
+
+def _ids_stream(data_dir, *, process_index, process_count, start_step=0, global_batch=6):
+    return make_tfds_stream("ssljax_ids", "train", global_batch_size=global_batch, num_views=1,
+                            augment=IDENTITY, seed=3, image_size=8, mean=(0.5,) * 3,
+                            std=(0.5,) * 3, data_dir=data_dir, start_step=start_step,
+                            process_index=process_index, process_count=process_count,
+                            shuffle_buffer=16)
+
+
+@pytest.mark.parametrize("process_count", [1, 2, 3])
+def test_tfds_stream_reads_every_example_once_per_epoch_over_processes(ids_tfds,
+                                                                       process_count):
+    data_dir, n = ids_tfds
+    steps_per_epoch = n // 6  # global batch 6: 10 steps an epoch on every process
+    per_process = [np.concatenate([b["label"] for b in _take(
+        _ids_stream(data_dir, process_index=p, process_count=process_count), 2 * steps_per_epoch)])
+        for p in range(process_count)]
+    for epoch in range(2):  # each epoch: every example exactly once, over all processes
+        part = slice(epoch * n // process_count, (epoch + 1) * n // process_count)
+        seen = np.concatenate([labels[part] for labels in per_process])
+        np.testing.assert_array_equal(np.sort(seen), np.arange(n))
+    # Processes read disjoint slices; the second epoch comes in another order.
+    if process_count > 1:
+        assert not set(per_process[0]) & set(per_process[1])
+    first = per_process[0][: n // process_count]
+    assert not np.array_equal(first, per_process[0][n // process_count: 2 * n // process_count])
+
+
+def test_tfds_stream_resumes_with_a_fresh_order_that_replays_nothing(ids_tfds):
+    data_dir, n = ids_tfds
+    take = lambda **kw: np.concatenate(  # noqa: E731
+        [b["label"] for b in _take(_ids_stream(data_dir, process_index=0, process_count=1, **kw),
+                                   n // 6)])
+    start = take(start_step=0)
+    resumed = take(start_step=4)
+    # Repeatable: the same (seed, start_step) gives the same stream ...
+    np.testing.assert_array_equal(resumed, take(start_step=4))
+    # ... a restart is not a replay of the first batches, and its epoch is still complete.
+    assert not np.array_equal(resumed[:24], start[:24])
+    np.testing.assert_array_equal(np.sort(resumed), np.arange(n))

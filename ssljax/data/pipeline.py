@@ -251,9 +251,10 @@ def make_tfds_stream(
 
     Each process reads its own slice of the split (``tfds.split_for_jax_process``)
     with shuffled files and a shuffle buffer, decodes each image once and takes V
-    random resized crops of it; the remaining augmentations run batched. Unlike
-    :func:`make_pretrain_dataset` the order is not a function of the step: a
-    restart at ``start_step`` draws fresh (seeded) order and augmentations.
+    random resized crops of it; the remaining augmentations run batched. Each pass over
+    the process's slice reads every example once. Unlike :func:`make_pretrain_dataset` the
+    order is not a function of the step: a restart at ``start_step`` draws a fresh (seeded)
+    order and fresh augmentations, so it replays none of the batches before the restart.
 
     Args:
       name: TFDS name, e.g. ``imagenet2012``; must be prepared in ``data_dir``.
@@ -295,7 +296,10 @@ def make_tfds_stream(
         raise DatasetNotFoundError(
             f"TFDS dataset {name!r} is not prepared in {where}; run "
             f"`tfds build {name} --data_dir={where}`{manual} first.") from e
-    ds = ds.repeat().shuffle(shuffle_buffer, seed=int(seed) + process_index + 7919 * start_step)
+    # Shuffled within each pass, then repeated: every epoch reads each example of this
+    # process's slice exactly once, in a new (seeded) order.
+    ds = ds.shuffle(shuffle_buffer, seed=int(seed) + process_index + 7919 * start_step,
+                    reshuffle_each_iteration=True).repeat()
     ds = ds.enumerate()
 
     crop_seed = aug.fold_seed(base, _CROP_TAG)
