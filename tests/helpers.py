@@ -74,3 +74,48 @@ def config_flags(name: str, config) -> list[str]:
         if not hasattr(node_t, "items") and node_b != node_t:
             flags.append(f"--config.{key}={node_t}")
     return flags
+
+
+def synthetic_batch(seed: int, *, batch_size: int = 16, views: int = 2, image_size: int = 16,
+                    num_classes: int = 10, brighter_second_view: bool = True) -> dict:
+    """Random normal views ``[B, V, S, S, 1]`` and labels. With ``brighter_second_view`` the
+    second view is brighter and of higher contrast, as after a strong augmentation: per-view
+    BatchNorm removes that, BatchNorm over both views together does not."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(batch_size, views, image_size, image_size, 1))
+    if brighter_second_view and views > 1:
+        x[:, 1] = 2.0 * x[:, 1] + 1.0
+    return {"views": x.astype(np.float32),
+            "label": rng.integers(0, num_classes, size=(batch_size,)).astype(np.int32)}
+
+
+def run_steps(cfg, method, num_devices: int, batches: list[dict], *, initial=None,
+              rng_seed: int = 7, total_steps: int = 6, steps_per_epoch: int = 16) -> dict:
+    """The trainer's compiled step (``train.build_step``) over ``batches``, from ``initial``
+    (a host copy of a train state, replicated onto this mesh; saves compiling init again) or
+    a fresh init. Returns host copies: ``params[k]`` and ``states[k]`` before step ``k``
+    (index ``len(batches)``: after the last step), ``metrics[k]`` of step ``k``, ``initial``
+    the whole initial train state, and the ``steps``/``put`` used."""
+    import functools
+
+    import jax
+
+    from ssljax import sharding, train
+    mesh = sharding.make_mesh(num_devices)
+    steps = train.build_step(cfg, method, mesh, total_steps=total_steps,
+                             steps_per_epoch=steps_per_epoch)
+    put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
+    if initial is None:
+        ts = steps.init(train.init_key(0), put(batches[0]))
+    else:
+        ts = jax.device_put(initial, steps.abstract_state(put(batches[0]))[1])
+    run = {"cfg": cfg, "method": method, "steps": steps, "put": put, "batches": batches,
+           "initial": jax.device_get(ts), "params": [jax.device_get(ts.params)],
+           "states": [jax.device_get(ts.state)], "metrics": []}
+    for batch in batches:
+        ts, metrics = steps.train_step(ts, put(batch), jax.random.key(rng_seed))
+        run["metrics"].append(jax.device_get(metrics))
+        run["params"].append(jax.device_get(ts.params))
+        run["states"].append(jax.device_get(ts.state))
+    return run

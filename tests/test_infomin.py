@@ -5,7 +5,6 @@ jigsaw head's shuffle replayed from the step key, InfoNCE in NumPy); see
 tests/test_momentum.py for the shared pieces.
 """
 
-import functools
 import os
 import sys
 
@@ -14,14 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssljax import methods, sharding, train
+from ssljax import methods, train
 from ssljax.methods.infomin import InfoMinNet, JigsawHead
 from ssljax.methods.moco import key_permutation
 from ssljax.models import MLP
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import load_config, tiny_config  # noqa: E402
+import helpers  # noqa: E402
+from helpers import load_config, synthetic_batch, tiny_config  # noqa: E402
 from test_momentum import (B, GROUPS, QUEUE, STEP_RNG, TinyBackbone, grouped,  # noqa: E402
                            numpy_infonce)
 
@@ -31,35 +31,18 @@ OVERRIDES = {"moco.queue_size": QUEUE, "moco.bn_groups": GROUPS, "moco.momentum"
 
 
 def make_batch(seed):
-    rng = np.random.default_rng(seed)
-    views = rng.normal(size=(B, 2, 16, 16, 1))
-    views[:, 1] = 2.0 * views[:, 1] + 1.0
-    return {"views": views.astype(np.float32),
-            "jigsaw": rng.normal(size=(B, 9, 4, 4, 1)).astype(np.float32),
-            "label": rng.integers(0, 10, size=(B,)).astype(np.int32)}
+    batch = synthetic_batch(seed, batch_size=B)
+    rng = np.random.default_rng(seed + 1)
+    return {**batch, "jigsaw": rng.normal(size=(B, 9, 4, 4, 1)).astype(np.float32)}
 
 
 def run_steps(num_devices, initial=None):
     cfg = tiny_config("infomin", **OVERRIDES)
     method = methods.get_method("infomin")(cfg, num_classes=10)
     method.model = method.model.clone(backbone=TinyBackbone())
-    mesh = sharding.make_mesh(num_devices)
-    steps = train.build_step(cfg, method, mesh, total_steps=6, steps_per_epoch=16)
-    put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
-    batches = [make_batch(200 + i) for i in range(NUM_STEPS)]
-    if initial is None:
-        ts = steps.init(train.init_key(0), put(batches[0]))
-    else:
-        ts = jax.device_put(initial, steps.abstract_state(put(batches[0]))[1])
-    run = {"cfg": cfg, "method": method, "batches": batches, "initial": jax.device_get(ts),
-           "params": [jax.device_get(ts.params)], "states": [jax.device_get(ts.state)],
-           "metrics": []}
-    for batch in batches:
-        ts, metrics = steps.train_step(ts, put(batch), jax.random.key(STEP_RNG))
-        run["metrics"].append(jax.device_get(metrics))
-        run["params"].append(jax.device_get(ts.params))
-        run["states"].append(jax.device_get(ts.state))
-    return run
+    return helpers.run_steps(cfg, method, num_devices,
+                             [make_batch(200 + i) for i in range(NUM_STEPS)], initial=initial,
+                             rng_seed=STEP_RNG)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """Reference parity: value and gradient against float64 NumPy transcriptions of the
-official code (tests/test_losses_refs.py), in float64 (1e-10) and float32 (1e-4).
+official code (tests/losses_refs.py), in float64 (1e-10) and float32 (1e-4).
 
-float64 at 1e-10: the values agree to ~1e-16 and the gradients, against test_losses_refs's
+float64 at 1e-10: the values agree to ~1e-16 and the gradients, against losses_refs's
 sixth-order finite difference, to ~3e-11 at worst; a tolerance of 1e-5 (before) passed a
 Barlow Twins BatchNorm with eps 0 instead of 1e-5, a change of ~3e-6
 (test_float64_tolerance_catches_a_changed_batchnorm_eps)."""
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import ssljax.losses as L
-from test_losses_refs import (barlow_twins_lightly_ref, barlow_twins_ref, byol_ref, conloss_ref,
+from losses_refs import (barlow_twins_lightly_ref, barlow_twins_ref, byol_ref, conloss_ref,
                               corinfomax_ref, infonce_batch_ref, infonce_moco_ref, mae_loss_ref,
                               mae_patchify_nchw, nt_xent_metamask_ref, nt_xent_ref, numeric_grad,
                               vicreg_ref)

@@ -24,7 +24,8 @@ from ssljax.methods import base
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import load_config, read_metrics, tiny_config  # noqa: E402
+import helpers  # noqa: E402
+from helpers import load_config, read_metrics, synthetic_batch, tiny_config  # noqa: E402
 
 METHODS = ("barlow_twins", "vicreg", "corinfomax")
 PARTS = {"barlow_twins": ("on_diag", "off_diag"),
@@ -64,13 +65,7 @@ def make_method(name, **overrides):
 
 
 def make_batch(seed, batch_size=16, image_size=16):
-    rng = np.random.default_rng(seed)
-    views = rng.normal(size=(batch_size, 2, image_size, image_size, 1))
-    # The second views are brighter and of higher contrast, as after a strong augmentation:
-    # per-view BatchNorm removes that, BatchNorm over both views together does not.
-    views[:, 1] = 2.0 * views[:, 1] + 1.0
-    return {"views": views.astype(np.float32),
-            "label": rng.integers(0, 10, size=(batch_size,)).astype(np.int32)}
+    return synthetic_batch(seed, batch_size=batch_size, image_size=image_size)
 
 
 def independent_projections(cfg, params, state, views):
@@ -129,7 +124,7 @@ def test_loss_is_the_library_loss_of_per_view_projections(step_runs, name):
         return loss, parts, joint_loss
 
     for k in range(3):
-        loss, parts, joint_loss = expected(run["params"][k], run["states_before"][k],
+        loss, parts, joint_loss = expected(run["params"][k], run["states"][k],
                                            run["batches"][k]["views"])
         logged = run["metrics"][k]
         assert set(logged) == {"loss", "lr", "probe_loss", "probe_top1", *PARTS[name]}
@@ -138,7 +133,7 @@ def test_loss_is_the_library_loss_of_per_view_projections(step_runs, name):
             np.testing.assert_allclose(logged[key], parts[key], rtol=2e-5, atol=1e-7, err_msg=key)
         assert not np.isclose(joint_loss, loss, rtol=1e-2)
         if name == "corinfomax":
-            for got, want in zip(run["states"][k]["corinfomax"], parts["state"]):
+            for got, want in zip(run["states"][k + 1]["corinfomax"], parts["state"]):
                 np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
 
 
@@ -196,28 +191,10 @@ NUM_STEPS = 4
 
 def run_steps(name, num_devices, initial=None):
     """NUM_STEPS train steps of the trainer's compiled step on fixed synthetic batches, from
-    ``initial`` (a host copy of a train state) or a fresh init."""
+    ``initial`` (a host copy of a train state) or a fresh init (tests/helpers.py)."""
     cfg, method = make_method(name)
-    mesh = sharding.make_mesh(num_devices)
-    steps = train.build_step(cfg, method, mesh, total_steps=6, steps_per_epoch=16)
-    put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
-    batches = [make_batch(100 + i) for i in range(NUM_STEPS)]
-    if initial is None:
-        ts = steps.init(train.init_key(0), put(batches[0]))
-    else:  # the same initial state, replicated over this mesh (saves compiling init again)
-        _, state_sharding = steps.abstract_state(put(batches[0]))
-        ts = jax.device_put(initial, state_sharding)
-    rng = jax.random.key(7)
-    run = {"cfg": cfg, "steps": steps, "put": put, "batches": batches,
-           "initial": jax.device_get(ts), "params": [], "states_before": [], "states": [],
-           "metrics": []}
-    for batch in batches:
-        run["params"].append(jax.device_get(ts.params))
-        run["states_before"].append(jax.device_get(ts.state))
-        ts, metrics = steps.train_step(ts, put(batch), rng)
-        run["metrics"].append(jax.device_get(metrics))
-        run["states"].append(jax.device_get(ts.state))
-    return run
+    return helpers.run_steps(cfg, method, num_devices,
+                             [make_batch(100 + i) for i in range(NUM_STEPS)], initial=initial)
 
 
 @pytest.fixture(scope="module")
@@ -267,7 +244,7 @@ def test_corinfomax_state_after_three_steps_matches_numpy(step_runs):
     r = [np.eye(dim), np.eye(dim)]
     mu = [np.zeros(dim), np.zeros(dim)]
     for step in range(3):
-        zs = project(run["params"][step], run["states_before"][step],
+        zs = project(run["params"][step], run["states"][step],
                      run["batches"][step]["views"])
         for b, z in enumerate(zs):
             z = np.asarray(z, np.float64)
@@ -275,7 +252,7 @@ def test_corinfomax_state_after_three_steps_matches_numpy(step_runs):
             mu[b] = la_mu * mu[b] + (1 - la_mu) * z.mean(0)
             zc = z - mu[b]  # centred with the new mean
             r[b] = la_r * r[b] + (1 - la_r) * zc.T @ zc / n
-    got = run["states"][2]["corinfomax"]
+    got = run["states"][3]["corinfomax"]
     for name, want in zip(("R1", "R2", "mu1", "mu2"), (*r, *mu)):
         np.testing.assert_allclose(getattr(got, name), want, rtol=1e-4, atol=2e-6, err_msg=name)
     # The state moved away from its initial value (the check above is not vacuous).

@@ -25,7 +25,8 @@ from ssljax.methods.moco import enqueue, key_permutation
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import load_config, read_metrics, tiny_config  # noqa: E402
+import helpers  # noqa: E402
+from helpers import load_config, read_metrics, synthetic_batch, tiny_config  # noqa: E402
 
 B, GROUPS, QUEUE, NUM_STEPS, TOTAL_STEPS = 16, 4, 40, 4, 6
 # A queue of 40 keys and batches of 16: the third step's keys wrap around the ring.
@@ -64,34 +65,13 @@ def make_method(name, **overrides):
 
 
 def make_batch(seed):
-    rng = np.random.default_rng(seed)
-    views = rng.normal(size=(B, 2, 16, 16, 1))
-    views[:, 1] = 2.0 * views[:, 1] + 1.0
-    return {"views": views.astype(np.float32),
-            "label": rng.integers(0, 10, size=(B,)).astype(np.int32)}
+    return synthetic_batch(seed, batch_size=B)
 
 
 def run_steps(name, num_devices, initial=None):
     cfg, method = make_method(name)
-    mesh = sharding.make_mesh(num_devices)
-    steps = train.build_step(cfg, method, mesh, total_steps=TOTAL_STEPS, steps_per_epoch=16)
-    put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
-    batches = [make_batch(100 + i) for i in range(NUM_STEPS)]
-    if initial is None:
-        ts = steps.init(train.init_key(0), put(batches[0]))
-    else:
-        _, state_sharding = steps.abstract_state(put(batches[0]))
-        ts = jax.device_put(initial, state_sharding)
-    run = {"cfg": cfg, "method": method, "steps": steps, "batches": batches,
-           "initial": jax.device_get(ts), "params": [], "states": [], "metrics": []}
-    run["params"].append(jax.device_get(ts.params))
-    run["states"].append(jax.device_get(ts.state))
-    for batch in batches:
-        ts, metrics = steps.train_step(ts, put(batch), jax.random.key(STEP_RNG))
-        run["metrics"].append(jax.device_get(metrics))
-        run["params"].append(jax.device_get(ts.params))
-        run["states"].append(jax.device_get(ts.state))
-    return run
+    return helpers.run_steps(cfg, method, num_devices, [make_batch(100 + i) for i in range(NUM_STEPS)],
+                             initial=initial, rng_seed=STEP_RNG, total_steps=TOTAL_STEPS)
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssljax import losses, methods, models, sharding, train
+from ssljax import losses, methods, models, train
 from ssljax.evaluate import linear
 from ssljax.methods.selfcon import selfcon_loss
 from ssljax.models.resnet import RESNET_CONFIGS
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from helpers import REPO, load_config, set_fields  # noqa: E402
-from test_losses_refs import conloss_ref  # noqa: E402
+import helpers  # noqa: E402
+from helpers import REPO, load_config, set_fields, synthetic_batch  # noqa: E402
+from losses_refs import conloss_ref  # noqa: E402
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
@@ -205,10 +206,8 @@ def small_method(name, **overrides):
 
 
 def make_batch(seed, views, batch_size=16, image_size=16):
-    rng = np.random.default_rng(seed)
-    return {"views": rng.normal(size=(batch_size, views, image_size, image_size, 1)).astype(
-                np.float32),
-            "label": rng.integers(0, 4, size=(batch_size,)).astype(np.int32)}
+    return synthetic_batch(seed, batch_size=batch_size, views=views, image_size=image_size,
+                           num_classes=4, brighter_second_view=False)
 
 
 def test_selfcon_s_with_two_exits_equals_supcon_on_stacked_features():
@@ -234,21 +233,10 @@ NUM_STEPS = 3
 
 def run_steps(name, num_devices, initial=None, **overrides):
     cfg, method = small_method(name, **overrides)
-    mesh = sharding.make_mesh(num_devices)
-    steps = train.build_step(cfg, method, mesh, total_steps=6, steps_per_epoch=16)
-    put = functools.partial(jax.device_put, device=sharding.batch_sharding(mesh))
-    batches = [make_batch(10 + i, cfg.data.num_views) for i in range(NUM_STEPS)]
-    if initial is None:
-        ts = steps.init(train.init_key(0), put(batches[0]))
-    else:
-        _, state_sharding = steps.abstract_state(put(batches[0]))
-        ts = jax.device_put(initial, state_sharding)
-    initial = jax.device_get(ts)
-    metrics = []
-    for batch in batches:
-        ts, m = steps.train_step(ts, put(batch), jax.random.key(3))
-        metrics.append(jax.device_get(m))
-    return initial, metrics, jax.device_get(ts.params)
+    run = helpers.run_steps(cfg, method, num_devices,
+                            [make_batch(10 + i, cfg.data.num_views) for i in range(NUM_STEPS)],
+                            initial=initial, rng_seed=3)
+    return run["initial"], run["metrics"], run["params"][-1]
 
 
 @pytest.mark.parametrize("variant", ["S", pytest.param("M*", marks=pytest.mark.integration)])
