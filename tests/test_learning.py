@@ -43,12 +43,13 @@ COMMON = {
 PER_METHOD = {
     "simclr": {"projector.hidden_dims": (128,), "projector.out_dim": 64},
     "byol": {"projector.hidden_dims": (128,), "projector.out_dim": 64,
-             "predictor.hidden_dims": (128,), "predictor.out_dim": 64},
-    "barlow_twins": {"projector.hidden_dims": (256,), "projector.out_dim": 256},
+             "predictor.hidden_dims": (128,), "predictor.out_dim": 64, "optimizer.lr": 3e-3},
+    "barlow_twins": {"projector.hidden_dims": (256,), "projector.out_dim": 256,
+                     "optimizer.lr": 3e-3},
     "vicreg": {"projector.hidden_dims": (256,), "projector.out_dim": 256},
     "corinfomax": {"projector.hidden_dims": (128,), "projector.out_dim": 32},
     "moco": {"projector.hidden_dims": (128,), "projector.out_dim": 64,
-             "moco.queue_size": 512},
+             "moco.queue_size": 512, "optimizer.lr": 3e-3},
     "supcon": {"projector.hidden_dims": (128,), "projector.out_dim": 64},
 }
 METHODS = tuple(PER_METHOD)
@@ -133,7 +134,7 @@ def scores(embed, params, state):
             "rank": float(evaluate.effective_rank(query_f))}
 
 
-def run(name, seed=0, *, steps=STEPS, control=None, report_every=0):
+def run(name, seed=0, *, steps=STEPS, control=None, report_every=0, **overrides):
     """Pre-trains ``name`` from ``seed`` for ``steps`` steps on one device.
 
     Returns ``(random encoder scores, trained scores)``: the same initialisation scored
@@ -141,7 +142,7 @@ def run(name, seed=0, *, steps=STEPS, control=None, report_every=0):
     view by one along the batch before every step (each positive pair is two different
     images); 'negated_lr' trains with ``-lr`` (gradient ascent on the objective).
     """
-    cfg = method_config(name, total_steps=steps)
+    cfg = method_config(name, total_steps=steps, **overrides)
     if control == "negated_lr":
         cfg.optimizer.lr = -cfg.optimizer.lr
     method = methods.get_method(name)(cfg, num_classes=10)
@@ -169,6 +170,49 @@ def rounded(d):
     return {k: round(v, 3) for k, v in d.items()}
 
 
+# ---- Floors (calibrated; see the module docstring) -------------------------------------------
+
+# Per method: the margin by which the trained run must beat the random encoder (same
+# initialisation, zero steps) on each metric that separates (half the median gain over 5
+# seeds; None: the metric does not separate in this budget and is not checked), and the
+# effective-rank floor of the trained test features (half the median trained rank).
+FLOORS = {name: {"retrieval": None, "knn": None, "rank": 0.0} for name in METHODS}
+SEED = 0
+CONTROLS = (("simclr", "mispaired"), ("simclr", "negated_lr"),
+            ("vicreg", "mispaired"), ("vicreg", "negated_lr"))
+
+
+def failures(name, before, after):
+    """The floor checks that ``(before, after)`` misses, as readable strings."""
+    floor = FLOORS[name]
+    out = []
+    for metric in ("retrieval", "knn"):
+        margin = floor[metric]
+        if margin is not None and not after[metric] - before[metric] >= margin:
+            out.append(f"{metric}: {after[metric]:.3f} - random {before[metric]:.3f} "
+                       f"< margin {margin:.3f}")
+    if not after["rank"] >= floor["rank"]:
+        out.append(f"effective rank {after['rank']:.2f} < floor {floor['rank']:.2f}")
+    return out
+
+
+@functools.cache
+def scored(name, control=None):
+    return run(name, SEED, control=control)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_short_run_beats_the_random_encoder(name):
+    before, after = scored(name)
+    assert not failures(name, before, after), (name, rounded(before), rounded(after))
+
+
+@pytest.mark.parametrize("name,control", CONTROLS)
+def test_control_run_misses_the_floor(name, control):
+    before, after = scored(name, control)
+    assert failures(name, before, after), (name, control, rounded(before), rounded(after))
+
+
 if __name__ == "__main__":
     os.environ.setdefault("SSLJAX_XLA_CPU_DEFAULTS", "0")
     jax.config.update("jax_platforms", "cpu")
@@ -182,6 +226,8 @@ if __name__ == "__main__":
         for seed in seeds:
             t0 = time.time()
             before, after = run(name, seed, control=control,
-                                report_every=int(os.environ.get("REPORT_EVERY", "0")))
+                                report_every=int(os.environ.get("REPORT_EVERY", "0")),
+                                **({"optimizer.lr": float(os.environ["LR"])}
+                                   if "LR" in os.environ else {}))
             print(name, seed, control, rounded(before), rounded(after),
                   f"{time.time() - t0:.1f}s", flush=True)
