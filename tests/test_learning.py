@@ -26,57 +26,86 @@ over 5 seeds), and its trained effective rank >= half the median trained rank (t
 encoder's rank is NOT a floor: every method but CorInfoMax lowers it in 150 steps; collapse
 takes it to ~4, see the controls).
 
-Calibration (``nice -n 15 .venv/bin/python tests/test_learning.py <method> 0,1,2,3,4``;
-busy 2-core machine), random -> trained, seeds 0..4:
+Calibration (``nice -n 15 .venv/bin/python tests/test_learning.py <methods,...> 0,1,2,3,4
+[mispaired|negated_lr]``, in tests/conftest.py's environment; busy 2-core machine), random -> trained, seeds 0..4:
 
   simclr:
-    retrieval  0.055->0.146, 0.049->0.117, 0.061->0.145, 0.033->0.160, 0.031->0.117  (median gain +0.086, margin 0.043)
-    knn        0.742->0.742, 0.730->0.721, 0.674->0.732, 0.678->0.709, 0.709->0.689  (median gain +0.000, margin 0.000)
-    rank       26.1->19.9, 20.8->18.9, 27.9->18.6, 34.8->17.6, 34.9->19.4  (median trained 18.9, floor 9.5)
+    retrieval  0.055->0.154, 0.049->0.146, 0.061->0.127, 0.033->0.105, 0.031->0.139
+               median gain +0.097: margin 0.048
+    knn        0.742->0.732, 0.730->0.701, 0.674->0.721, 0.678->0.664, 0.709->0.725
+               median gain -0.010: not checked
+    rank       26.1->20.0, 20.8->18.8, 27.9->19.7, 34.8->16.2, 34.9->18.8
+               median trained 18.8: floor 9.4
+               seeds passing: [0, 1, 2, 3, 4]
   vicreg:
-    retrieval  0.055->0.133, 0.049->0.113, 0.061->0.086, 0.033->0.111, 0.031->0.131  (median gain +0.078, margin 0.039)
-    knn        0.742->0.719, 0.730->0.697, 0.674->0.686, 0.678->0.709, 0.709->0.707  (median gain -0.002, margin -0.001)
-    rank       26.1->15.5, 20.8->15.4, 27.9->13.8, 34.8->18.7, 34.9->16.6  (median trained 15.5, floor 7.8)
+    retrieval  0.055->0.115, 0.049->0.115, 0.061->0.086, 0.033->0.109, 0.031->0.068
+               median gain +0.060: margin 0.030
+    knn        0.742->0.713, 0.730->0.711, 0.674->0.676, 0.678->0.658, 0.709->0.674
+               median gain -0.020: not checked
+    rank       26.1->13.8, 20.8->14.3, 27.9->11.5, 34.8->16.0, 34.9->11.5
+               median trained 13.8: floor 6.9
+               seeds passing: [0, 1, 3, 4]
   corinfomax:
-    retrieval  0.021->0.094, 0.023->0.107, 0.027->0.109, 0.035->0.088, 0.037->0.088  (median gain +0.073, margin 0.036)
-    knn        0.492->0.752, 0.438->0.744, 0.473->0.770, 0.496->0.727, 0.398->0.730  (median gain +0.297, margin 0.149)
-    rank       17.7->33.2, 7.7->33.3, 18.0->33.8, 19.9->33.3, 15.4->35.1  (median trained 33.3, floor 16.7)
+    retrieval  0.021->0.080, 0.023->0.107, 0.027->0.113, 0.035->0.107, 0.037->0.104
+               median gain +0.072: margin 0.036
+    knn        0.492->0.734, 0.438->0.754, 0.473->0.752, 0.496->0.736, 0.398->0.746
+               median gain +0.279: margin 0.140
+    rank       17.7->34.2, 7.7->32.3, 18.0->32.3, 19.9->33.1, 15.4->34.3
+               median trained 33.1: floor 16.6
+               seeds passing: [0, 1, 2, 3, 4]
   supcon:
-    retrieval  0.055->0.086, 0.062->0.070, 0.033->0.086, 0.070->0.084, 0.053->0.062  (median gain +0.014, margin 0.007)
-    knn        0.727->0.723, 0.713->0.715, 0.688->0.758, 0.746->0.760, 0.732->0.738  (median gain +0.006, margin 0.003)
-    rank       20.1->13.1, 37.5->15.1, 33.7->16.6, 25.4->14.2, 31.3->12.1  (median trained 14.2, floor 7.1)
-  byol:
-    retrieval  0.055->0.037, 0.049->0.037, 0.061->0.041, 0.033->0.033, 0.031->0.025  (median gain -0.012, margin -0.006)
-    knn        0.742->0.646, 0.730->0.625, 0.674->0.559, 0.678->0.568, 0.709->0.605  (median gain -0.105, margin -0.052)
-    rank       26.1->17.4, 20.8->20.8, 27.9->17.2, 34.8->17.3, 34.9->13.5  (median trained 17.3, floor 8.6)
+    retrieval  0.055->0.066, 0.062->0.064, 0.033->0.062, 0.070->0.066, 0.053->0.074
+               median gain +0.011: not checked
+    knn        0.727->0.742, 0.713->0.707, 0.688->0.756, 0.746->0.740, 0.732->0.758
+               median gain +0.015: not checked
+    rank       20.1->12.5, 37.5->15.5, 33.7->15.9, 25.4->13.0, 31.3->14.0
+               median trained 14.0: floor 7.0
+               seeds passing: [0, 1, 2, 3, 4]
   barlow_twins:
-    retrieval  0.055->0.043, 0.049->0.090, 0.061->0.105, 0.033->0.092, 0.031->0.084  (median gain +0.044, margin 0.022)
-    knn        0.742->0.684, 0.730->0.703, 0.674->0.697, 0.678->0.695, 0.709->0.686  (median gain -0.023, margin -0.011)
-    rank       26.1->18.2, 20.8->19.5, 27.9->21.0, 34.8->21.8, 34.9->23.2  (median trained 21.0, floor 10.5)
+    retrieval  0.055->0.070, 0.049->0.078, 0.061->0.105, 0.033->0.068, 0.031->0.078
+               median gain +0.035: margin 0.018
+    knn        0.742->0.656, 0.730->0.699, 0.674->0.695, 0.678->0.691, 0.709->0.682
+               median gain -0.027: not checked
+    rank       26.1->21.3, 20.8->19.7, 27.9->20.6, 34.8->20.8, 34.9->23.1
+               median trained 20.8: floor 10.4
+               seeds passing: [1, 2, 3, 4]
   moco:
-    retrieval  0.051->0.039, 0.062->0.074, 0.059->0.074, 0.053->0.064, 0.033->0.047  (median gain +0.012, margin 0.006)
-    knn        0.691->0.662, 0.678->0.686, 0.701->0.674, 0.701->0.639, 0.699->0.660  (median gain -0.029, margin -0.014)
-    rank       29.9->18.8, 21.2->15.9, 37.8->15.5, 31.1->16.4, 37.9->15.0  (median trained 15.9, floor 8.0)
+    retrieval  0.051->0.037, 0.062->0.053, 0.059->0.068, 0.053->0.055, 0.033->0.047
+               median gain +0.002: not checked
+    knn        0.691->0.648, 0.678->0.629, 0.701->0.664, 0.701->0.643, 0.699->0.596
+               median gain -0.049: not checked
+    rank       29.9->17.9, 21.2->16.6, 37.8->12.3, 31.1->12.6, 37.9->11.3
+               median trained 12.6: floor 6.3
+               seeds passing: [0, 1, 2, 3, 4]
+  byol:
+    retrieval  0.055->0.045, 0.049->0.045, 0.061->0.021, 0.033->0.020, 0.031->0.027
+               median gain -0.010: not checked
+    knn        0.742->0.689, 0.730->0.578, 0.674->0.568, 0.678->0.602, 0.709->0.631
+               median gain -0.078: not checked
+    rank       26.1->11.2, 20.8->17.6, 27.9->19.2, 34.8->20.4, 34.9->16.0
+               median trained 17.6: floor 8.8
+               seeds passing: [0, 1, 2, 3, 4]
 
+A metric is checked only where its median gain is at least 0.02 (10 of the 512 retrieval
+decisions): running the same seed with ssljax's CPU XLA defaults instead of XLA's own kernels
+moved trained retrieval by up to 0.02, so smaller gains are numerical noise.
 What does NOT separate in this budget: kNN for every method but CorInfoMax (the random
-width-8 encoder already scores ~0.70-0.74, and 150 steps of SSL first lose some of it:
-median gains -0.105 to +0.006), so kNN is checked for CorInfoMax only, whose random encoder
-(zero-init residuals) is much weaker (~0.46). BYOL improves no metric in 150 steps
-(retrieval gains -0.020 to 0.000, kNN about -0.10): for BYOL only the collapse floor is
-checked, a real check (BYOL at Adam 1e-2 reached rank 5.2 and would fail it) but not a
-learning floor; getting BYOL to learn in ~15 s needs a recipe search not done here. MoCo's
-and SupCon's retrieval gains are small (medians 0.012 and 0.014, i.e. 6-7 of the 512
-retrieval decisions), so their margins (0.006, 0.007) are thin. Seed 0 misses the margin
-for Barlow Twins and MoCo (their one miss of five), so they run seed 1 (SEEDS); VICReg's
-seed 2 would miss its margin too (0.025 < 0.039). The runs are deterministic (fixed
-seeds, XLA's CPU kernels as tests/conftest.py sets them), so this does not flake, but a
-change of numerics can move a method across its margin: rerun the calibration then.
+width-8 encoder already scores ~0.70-0.74 and 150 steps of SSL first lose some of it), so
+kNN is checked for CorInfoMax only, whose random encoder (zero-init residuals) is much
+weaker (~0.46). BYOL, MoCo and SupCon improve no metric by 0.02 in 150 steps (retrieval
+median gains -0.010, +0.002, +0.011): for them only the collapse floor is checked, a real
+check (the negated-lr control collapses to rank ~8, BYOL at Adam 1e-2 reached 5.2) but not a
+learning floor; making them learn in ~15 s needs a recipe search not done here. Barlow
+Twins' margin is thin (0.018) and its seed 0 misses it (one miss of five), so it runs seed
+1 (SEEDS); VICReg's seed 2 would miss its margin too. The runs are deterministic (fixed
+seeds, tests/conftest.py's environment, which the calibration imports), so this does not
+flake, but a change of numerics can move a method across its margin: recalibrate then.
 
 Controls (test_control_run_misses_the_floor), each a planted bug that the floor check of
 the same method must reject: ``mispaired`` rolls the second view by one along the batch
-(positives are two different images): SimCLR retrieval 0.055 -> 0.023, VICReg 0.055 ->
-0.029, both below the random encoder; ``negated_lr`` trains with -lr (gradient ascent):
-SimCLR retrieval 0.055 -> 0.029 and effective rank 26.1 -> 4.4 (VICReg: 0.029, rank 4.6).
+(positives are two different images); ``negated_lr`` trains with -lr (gradient ascent):
+SimCLR retrieval 0.055 -> 0.041 (gain -0.014 < 0.048) and rank 26.1 -> 8.4 (< 9.4).
+CONTROL_NUMBERS
 
 Time: one run is ~15-30 s on the busy machine (compilation of the init, step and embed
 included; the persistent compilation cache of tests/conftest.py makes reruns cheaper); the
@@ -88,14 +117,16 @@ import os
 import sys
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+if __name__ == "__main__":  # calibration: the test session's environment (8 fake CPU devices,
+    import conftest  # noqa: F401  XLA's own CPU kernels, the compilation cache), before jax
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from ssljax import data, evaluate, methods, sharding, train
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from helpers import load_config, set_fields  # noqa: E402
 
@@ -257,17 +288,17 @@ def rounded(d):
 # seeds; None: the metric does not separate in this budget and is not checked), and the
 # effective-rank floor of the trained test features (half the median trained rank).
 FLOORS = {
-    "simclr": {"retrieval": 0.043, "knn": None, "rank": 9.5},
-    "byol": {"retrieval": None, "knn": None, "rank": 8.6},
-    "barlow_twins": {"retrieval": 0.022, "knn": None, "rank": 10.5},
-    "vicreg": {"retrieval": 0.039, "knn": None, "rank": 7.8},
-    "corinfomax": {"retrieval": 0.036, "knn": 0.149, "rank": 16.7},
-    "moco": {"retrieval": 0.006, "knn": None, "rank": 8.0},
-    "supcon": {"retrieval": 0.007, "knn": None, "rank": 7.1},
+    "simclr": {"retrieval": 0.048, "knn": None, "rank": 9.4},
+    "vicreg": {"retrieval": 0.03, "knn": None, "rank": 6.9},
+    "corinfomax": {"retrieval": 0.036, "knn": 0.14, "rank": 16.6},
+    "supcon": {"retrieval": None, "knn": None, "rank": 7.0},
+    "barlow_twins": {"retrieval": 0.018, "knn": None, "rank": 10.4},
+    "moco": {"retrieval": None, "knn": None, "rank": 6.3},
+    "byol": {"retrieval": None, "knn": None, "rank": 8.8},
 }
 # The pre-training seed of each test run. Barlow Twins and MoCo run seed 1: their seed 0 is
 # the one calibration seed of five whose retrieval gain misses the margin (see the table).
-SEEDS = {"barlow_twins": 1, "moco": 1}
+SEEDS = {"barlow_twins": 1}
 # SimCLR (contrastive) and VICReg (non-contrastive) with mis-paired views; SimCLR with the
 # learning rate negated (VICReg's negated run, rank 4.6, was calibrated but is left out of
 # the default run for time).
@@ -308,11 +339,6 @@ def test_control_run_misses_the_floor(name, control):
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("SSLJAX_XLA_CPU_DEFAULTS", "0")
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_compilation_cache_dir", os.path.join(
-        os.path.dirname(os.path.dirname(os.path.abspath(__file__))), ".pytest_cache", "xla"))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
     names = sys.argv[1].split(",") if len(sys.argv) > 1 else METHODS
     seeds = [int(s) for s in sys.argv[2].split(",")] if len(sys.argv) > 2 else range(5)
     control = sys.argv[3] if len(sys.argv) > 3 else None
