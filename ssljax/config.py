@@ -230,7 +230,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
     Raises:
       ConfigError: one sentence naming the key, its value and what is allowed.
 
-    >>> validate(base_config())
     >>> cfg = base_config(); cfg.batch_size = 0
     >>> validate(cfg)
     Traceback (most recent call last):
@@ -302,4 +301,9 @@ def _validate_combinations(config: ml_collections.ConfigDict) -> None:
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         if isinstance(e, ConfigError):
             raise
-        raise ConfigError(str(e).strip("'\"")) from None
+        text = str(e).strip("'\"")
+        if isinstance(e, (KeyError, AttributeError)) and text.isidentifier():
+            # ml_collections names only the missing field.
+            text = (f"the config has no '{text}' section or key, which method "
+                    f"{config.method!r} needs; start from configs/{config.method}.py")
+        raise ConfigError(text) from None
