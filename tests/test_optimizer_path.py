@@ -59,6 +59,14 @@ def is_weight(path):
     return path[-1] in ("kernel", "dense")
 
 
+def assert_follows(got, want, params):
+    """Each leaf within 1e-4 of the distance the reference travelled, so that a wrong step
+    cannot hide in ||p||."""
+    for k in want:
+        moved = np.linalg.norm(want[k] - flat(params)[k])
+        assert np.linalg.norm(got[k] - want[k]) < 1e-4 * moved, k
+
+
 def run_optax(tx, params, grads):
     p = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
     state = tx.init(p)
@@ -74,13 +82,14 @@ def flat(tree):
             for path, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def lars_numpy(params, grads, lrs, *, wd, momentum, eta):
+def lars_numpy(params, grads, lrs, *, wd, momentum, eta, adapts=is_weight):
+    """``adapts(path)``: whether that parameter is decayed and trust-scaled."""
     p, g_steps = flat(params), [flat(g) for g in grads]
     v = {k: np.zeros_like(x) for k, x in p.items()}
     for g, lr in zip(g_steps, lrs):
         for k in p:
             d = g[k]
-            if is_weight(k):
+            if adapts(k):
                 d = d + wd * p[k]
                 w_norm, d_norm = np.linalg.norm(p[k]), np.linalg.norm(d)
                 trust = eta * w_norm / d_norm if w_norm > 0 and d_norm > 0 else 1.0
@@ -128,10 +137,7 @@ def test_lars_matches_simclr_lars_over_a_warmup(wd, momentum):
     params, grads = params_and_grads(num_steps)
     got = flat(run_optax(tx, params, grads))
     want = lars_numpy(params, grads, lrs, wd=wd, momentum=momentum, eta=0.001)
-    for k in want:
-        # Relative to the distance travelled, so that a wrong step cannot hide in ||p||.
-        moved = np.linalg.norm(want[k] - flat(params)[k])
-        assert np.linalg.norm(got[k] - want[k]) < 1e-4 * moved, k
+    assert_follows(got, want, params)
 
 
 def test_lars_without_exclusions_adapts_every_parameter():
@@ -144,15 +150,9 @@ def test_lars_without_exclusions_adapts_every_parameter():
                                       **SCHEDULE), sched)
     params, grads = params_and_grads(num_steps, seed=1)
     got = flat(run_optax(tx, params, grads))
-    global is_weight
-    saved, is_weight = is_weight, lambda path: True
-    try:
-        want = lars_numpy(params, grads, lrs, wd=1e-3, momentum=0.9, eta=0.001)
-    finally:
-        is_weight = saved
-    for k in want:
-        moved = np.linalg.norm(want[k] - flat(params)[k])
-        assert np.linalg.norm(got[k] - want[k]) < 1e-4 * moved, k
+    want = lars_numpy(params, grads, lrs, wd=1e-3, momentum=0.9, eta=0.001,
+                      adapts=lambda path: True)
+    assert_follows(got, want, params)
 
 
 def test_adamw_matches_decoupled_weight_decay_over_a_warmup():
@@ -163,9 +163,7 @@ def test_adamw_matches_decoupled_weight_decay_over_a_warmup():
     params, grads = params_and_grads(num_steps, seed=2)
     got = flat(run_optax(tx, params, grads))
     want = adamw_numpy(params, grads, lrs, wd=0.05, b1=0.9, b2=0.95)
-    for k in want:
-        moved = np.linalg.norm(want[k] - flat(params)[k])
-        assert np.linalg.norm(got[k] - want[k]) < 1e-4 * moved, k
+    assert_follows(got, want, params)
 
 
 @pytest.mark.parametrize("warmup_epochs, init_ratio, final_ratio",
