@@ -38,7 +38,7 @@ test-integration: install
 	$(PY) -m pytest -n 2 --dist loadfile -q -m integration tests
 
 test-slow: install
-	$(PY) -m pytest -m slow -q
+	$(PY) -m pytest -n 2 --dist loadfile -m slow -q
 
 bench: install
 	$(PY) experiments/bench_step.py --config=configs/simclr.py:fashion_mnist
