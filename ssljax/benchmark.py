@@ -50,6 +50,10 @@ class Entry:
     overrides: tuple[tuple[str, Any], ...] = ()
     label: str = ""  # the table's name; default: the key
     supervised: bool = False  # uses the labels (CE, SupCon, SelfCon): not held to the SSL targets
+    # A diagnostic run: a variant of the entry ``of`` that answers ``question`` about it. It is
+    # run only when named (``--methods``), has its own table, and no target, claim or bar.
+    of: str = ""
+    question: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +86,15 @@ class Suite:
     @property
     def epochs(self) -> float:
         return float(dict(self.protocol)["num_epochs"])
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The entries of the main table (diagnostic runs excluded)."""
+        return tuple(n for n, e in self.entries.items() if not e.of)
+
+    @property
+    def diagnostics(self) -> tuple[str, ...]:
+        return tuple(n for n, e in self.entries.items() if e.of)
 
 
 def _jsonable(v):
@@ -128,6 +141,37 @@ FASHION_MNIST = Suite(
         "supcon": Entry("supcon", label="SupCon", supervised=True),
         "selfcon": Entry("selfcon", label="SelfCon-S", supervised=True),
         "ce": Entry("ce", label="Cross-entropy", supervised=True),
+        # Diagnostics: why a method falls short (issue 19); each answers one question.
+        "supcon_one_view": Entry(
+            "supcon", overrides=(("data.num_views", 1),), label="SupCon, one view",
+            supervised=True, of="supcon",
+            question="Is SelfCon-S's gap to SupCon its single view? (SelfCon-S trains on one)"),
+        "selfcon_m": Entry(
+            "selfcon", overrides=(("selfcon.multiview", True), ("data.num_views", 2)),
+            label="SelfCon-M (two views)", supervised=True, of="selfcon",
+            question="Does SelfCon close the gap to SupCon with two views?"),
+        "byol_copy_tau098": Entry(
+            "byol", overrides=(("byol.target_init", "copy"), ("byol.base_momentum", 0.98)),
+            label="BYOL, target copied, tau 0.98", of="byol",
+            question="Does a target that starts as the online network and moves faster help "
+                     "BYOL in 1,872 steps?"),
+        "barlow_twins_wide": Entry(
+            "barlow_twins", overrides=(("projector.hidden_dims", (2048, 2048)),
+                                       ("projector.out_dim", 2048), ("optimizer.lr", 0.2)),
+            label="Barlow Twins, 2048 projector, LARS lr 0.2", of="barlow_twins",
+            question="Is Barlow Twins' shortfall the narrow projector and lr of its recipe?"),
+        "vicreg_wide": Entry(
+            "vicreg", overrides=(("projector.hidden_dims", (2048, 2048)),
+                                 ("projector.out_dim", 2048), ("optimizer.lr", 0.2)),
+            label="VICReg, 2048 projector, LARS lr 0.2", of="vicreg",
+            question="Is VICReg's shortfall the narrow projector and lr of its recipe?"),
+        "moco_lr024": Entry(
+            "moco", overrides=(("optimizer.lr", 0.24),), label="MoCo v2, lr 0.24", of="moco",
+            question="Is MoCo v2's shortfall the CIFAR demo's lr 0.06?"),
+        "infomin_no_jigsaw": Entry(
+            "infomin", overrides=(("infomin.beta", 0.0),), label="InfoMin, jigsaw weight 0",
+            of="infomin", question="With the jigsaw loss off, does InfoMin learn as MoCo v2 + "
+                                   "InfoMin Aug does?"),
     },
     claims=(
         Claim("SelfCon", "SelfCon-S beats SupCon", "selfcon", ("supcon",)),
@@ -399,7 +443,7 @@ def table_lines(suite: Suite, summary: dict) -> list[str]:
     lines = ["| method | seeds | linear probe % | kNN % | vs raw pixels (linear) | effective rank "
              "| wall time (min) | target |",
              "|---|---|---|---|---|---|---|---|"]
-    for name in BASELINES + tuple(suite.entries):
+    for name in BASELINES + suite.methods:
         if name not in summary:
             continue
         s = summary[name]
@@ -430,6 +474,29 @@ def target(suite: Suite, name: str, s: dict, raw: float) -> str:
     return f"{sign}: {'met' if lin > need else 'short'}"
 
 
+def diagnostics_lines(suite: Suite, summary: dict) -> list[str]:
+    """The diagnostic runs beside the entry each varies (its mean over the same seeds' rows)."""
+    ran = [n for n in suite.diagnostics if n in summary]
+    if not ran:
+        return []
+    lines = ["| run | linear probe % | kNN % | vs its method (linear, kNN) | effective rank "
+             "| wall time (min) | question |",
+             "|---|---|---|---|---|---|---|"]
+    for name in ran:
+        s, entry = summary[name], suite.entries[name]
+        lin, knn = s["linear_top1"], s["knn_top1"]
+        base = summary.get(entry.of)
+        delta = "not run" if base is None else (
+            f"{lin[0] - base['linear_top1'][0]:+.2f}, {knn[0] - base['knn_top1'][0]:+.2f} "
+            f"(vs {suite.entries[entry.of].label})")
+        rank = s.get("effective_rank", (float("nan"), 0))
+        wall = s.get("wall_s", (float("nan"), 0))
+        lines.append(f"| {entry.label} (seeds {','.join(map(str, s['seeds']))}) "
+                     f"| {_fmt(*lin, s['n'])} | {_fmt(*knn, s['n'])} | {delta} | {rank[0]:.1f} "
+                     f"| {wall[0] / 60:.1f} | {entry.question} |")
+    return lines
+
+
 def claims_lines(suite: Suite, summary: dict) -> list[str]:
     lines = ["| paper | claim | metric | verdict (mean ± std over seeds) | evidence |",
              "|---|---|---|---|---|"]
@@ -455,6 +522,11 @@ def report(suite: Suite, rows: list[dict], *, out_dir: str = RESULTS_DIR) -> str
             "Mean ± standard deviation over the seeds listed.", ""]
     body += table_lines(suite, summary)
     body += ["", "## The papers' claims", ""] + claims_lines(suite, summary)
+    diagnostics = diagnostics_lines(suite, summary)
+    if diagnostics:
+        body += ["", "## Diagnostic runs", "",
+                 "Variants of one method, each asking why it falls short; the same protocol and "
+                 f"probes (`--methods {' '.join(suite.diagnostics)}`).", ""] + diagnostics
     body += ["", "![bar chart](" + f"{suite.name}.png)", ""]
     body += notes or ["## Notes", "", "(none yet)"]
     os.makedirs(out_dir, exist_ok=True)
@@ -486,7 +558,7 @@ def chart(suite: Suite, summary: dict, path: str) -> None:
     except ImportError:
         print("[benchmark] matplotlib is not installed (pip install -e '.[plot]'): no chart.")
         return
-    names = [n for n in BASELINES + tuple(suite.entries) if n in summary]
+    names = [n for n in BASELINES + suite.methods if n in summary]
     if not names:
         return
     labels = [suite.entries[n].label if n in suite.entries else n.replace("_", " ")
@@ -565,7 +637,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     suite = SUITES[args.suite]
     results = args.results or os.path.join(RESULTS_DIR, f"{suite.name}.jsonl")
-    methods = args.methods or ["baselines", *DEFAULT_ORDER]
+    methods = args.methods or ["baselines", *DEFAULT_ORDER]  # diagnostics only when named
     unknown = [m for m in methods if m != "baselines" and m not in suite.entries]
     if unknown:
         print(f"error: unknown method(s) {', '.join(unknown)} for suite {suite.name}; choose "

@@ -209,3 +209,24 @@ def test_dry_run_prints_the_rows_command_even_when_done(tmp_path, capsys):
     out = capsys.readouterr().out.strip().splitlines()[-1]
     assert out == shlex.join(benchmark.command(SUITE, "simclr", 0,
                                                "runs/benchmark/fashion_mnist/simclr_s0"))
+
+
+def test_diagnostic_runs_have_their_own_table_and_no_bar_target_or_default_run(tmp_path):
+    """A diagnostic entry varies one method: it is never run by default, is left out of the
+    main table, the chart and the targets, and its own table shows it against its method."""
+    assert set(SUITE.diagnostics) and not set(SUITE.diagnostics) & set(benchmark.DEFAULT_ORDER)
+    assert set(SUITE.methods) == set(benchmark.DEFAULT_ORDER)
+    for name in SUITE.diagnostics:
+        entry = SUITE.entries[name]
+        assert entry.of in SUITE.methods and entry.question, name
+    rows = [_row("raw_pixels", 0, 84.5), _row("supcon", 0, 89.9, knn=89.6),
+            _row("supcon_one_view", 0, 85.0, knn=83.0)]
+    summary = benchmark.summarise(SUITE, rows)
+    main = "\n".join(benchmark.table_lines(SUITE, summary))
+    assert "one view" not in main and "| SupCon | 0 |" in main
+    diag = benchmark.diagnostics_lines(SUITE, summary)
+    assert len(diag) == 3 and "| SupCon, one view (seeds 0) | 85.00 | 83.00 | -4.90, -6.60 (vs SupCon)" in diag[2]
+    assert benchmark.diagnostics_lines(SUITE, benchmark.summarise(SUITE, rows[:2])) == []
+    md = benchmark.report(SUITE, rows, out_dir=str(tmp_path))
+    text = open(md).read()
+    assert "## Diagnostic runs" in text and "--methods supcon_one_view" in text
