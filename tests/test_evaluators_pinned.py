@@ -62,3 +62,18 @@ def test_evaluation_matches_the_recorded_scores(name):
     assert sorted(got) == sorted(want)
     for key in want:
         assert abs(got[key] - want[key]) <= 0.01 + 1e-9, (key, got[key], want[key])
+
+
+def test_the_config_selects_the_evaluators():
+    from ssljax.evaluate import evaluators
+    cfg = tiny_config("simclr")
+    memory, stream = data.dataset_info("fashion_mnist"), data.dataset_info("imagenet2012")
+    assert evaluators.selected(cfg, memory) == ["encoder"]
+    cfg.eval.baselines = True
+    assert evaluators.selected(cfg, memory) == ["encoder", "random_encoder", "raw_pixels"]
+    assert evaluators.selected(cfg, stream) == ["encoder", "random_encoder"]  # no raw pixels
+    assert evaluators.selected(cfg, memory, trained=False) == ["random_encoder", "raw_pixels"]
+    cfg.eval.segmentation = True
+    assert evaluators.selected(cfg, memory)[-1] == "segmentation"
+    with pytest.raises(ValueError, match="already registered"):
+        evaluators.register("encoder", when=lambda c, i: True)(lambda ctx, ts: {})
