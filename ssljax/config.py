@@ -81,7 +81,6 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.online_probe = True
     c.eval.probe_lr = 1e-3  # Adam on a stop-gradient linear head
     c.eval.batch_size = 1024  # feature extraction
     # Side of the images the probes see. 0: in-memory datasets (MNIST-like, CIFAR, STL) at
