@@ -45,8 +45,9 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, *, start_step: int = 0):
         """``start_step``: the step training resumes after; rows of later steps (written by
-        the interrupted run, about to be redone) and of an earlier evaluation are dropped,
-        so the file never repeats a step."""
+        the interrupted run, about to be redone) and of an earlier final evaluation are
+        dropped, so the file never repeats a step (evaluations during training, ``eval/``
+        rows of steps up to ``start_step``, are kept)."""
         self.enabled = jax.process_index() == 0
         self._tb = None
         if not self.enabled:
@@ -85,7 +86,8 @@ class MetricsWriter:
                 row = json.loads(line)
             except ValueError:  # a line cut off by a crash
                 continue
-            if "loss" in row and row.get("step", 0) <= start_step:
+            periodic = any(k.startswith("eval/") for k in row)  # eval.every's rows
+            if ("loss" in row or periodic) and row.get("step", 0) <= start_step:
                 kept.append(line)
         if len(kept) != len(lines):
             tmp = self._path.parent / f".{self._path.name}.tmp"
@@ -327,6 +329,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 f"The loss became {metrics['loss']} at step {step}; {where}. Lower "
                 "--config.optimizer.lr (or raise the warm-up) and run the same command again.")
 
+    # ---- Evaluation during training (eval.every > 0) -------------------------------------
+    eval_every = config.eval.get("every", 0)
+    eval_context = None
+
+    def evaluate_now(ts) -> dict[str, float]:
+        """The evaluators of the trained state (not the baselines), as ``eval/<metric>``."""
+        nonlocal eval_context
+        eval_context = eval_context or evaluate.EvalContext.create(config, method, mesh, info)
+        scores = evaluate.run_evaluators(config, method, ts, mesh, info, baselines=False,
+                                         context=eval_context)
+        return {f"eval/{k}": v for k, v in scores.items()}
+
     metrics = None
     train_start = time.time()
     if start_step < last_step:
@@ -383,6 +397,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 writer.close()
                 ckpt.close()
                 raise preemption.Preempted(step, ckpt.directory, watcher.signame)
+            if eval_every and step % eval_every == 0 and step < total_steps:
+                flush()
+                eval_t0 = time.time()
+                writer.write(step, evaluate_now(ts))
+                first_done += time.time() - eval_t0  # throughput and ETA: training only
         flush()
     train_time = time.time() - train_start
     if watcher.requested:  # the signal came during the last save: it is complete

@@ -11,11 +11,12 @@ from ssljax.evaluate.linear import linear_probe
 from ssljax.evaluate.rank import effective_rank
 from ssljax.evaluate.evaluators import (  # noqa: E402  (after the probes it runs)
     EVALUATORS,
+    EvalContext,
     baseline_scores,
     evaluate_encoder,
     run_evaluators,
 )
 
-__all__ = ["EVALUATORS", "baseline_scores", "effective_rank", "evaluate_encoder",
+__all__ = ["EVALUATORS", "EvalContext", "baseline_scores", "effective_rank", "evaluate_encoder",
            "extract_features", "features_of_batches", "knn_predict", "knn_top1",
            "linear_probe", "run_evaluators"]

@@ -1,9 +1,10 @@
 """The evaluators of a run: a small registry selected from ``config.eval``.
 
 As big_vision's evaluators, each one is a named function that scores the encoder and
-returns ``{metric: value}``; the trainer only calls :func:`run_evaluators` (at the end of
-training) and writes what they return to ``results.json``. Which evaluators run follows
-the config:
+returns ``{metric: value}``; the trainer only calls :func:`run_evaluators`: at the end of
+training (what they return goes to ``results.json``) and, with ``eval.every > 0``, every
+that many steps (the evaluators of the trained state only, into ``metrics.jsonl`` as
+``eval/<metric>``). Which evaluators run follows the config:
 
 ==================  =====================================================================
 ``encoder``         the trained encoder: linear probe and kNN top-1 (%), effective rank;
@@ -248,7 +249,8 @@ def random_encoder(ctx: EvalContext, ts: Any) -> dict:
 def raw_pixels(ctx: EvalContext, ts: Any) -> dict:
     """The same probes on the normalised pixels, flattened (in-memory datasets only)."""
     info = ctx.info
-    norm = lambda x: (x.astype(np.float32) / 255.0 - np.asarray(info.mean)) / np.asarray(info.std)  # noqa: E731
+    mean, std = np.asarray(info.mean), np.asarray(info.std)
+    norm = lambda x: (x.astype(np.float32) / 255.0 - mean) / std  # noqa: E731
     train_x = norm(ctx.train_images).reshape(len(ctx.train_images), -1)
     test_x = norm(ctx.test_images).reshape(len(ctx.test_images), -1)
     out = ctx.score("raw_pixels_", train_x, np.asarray(ctx.train_labels), test_x,
@@ -281,7 +283,8 @@ def segmentation(ctx: EvalContext, ts: Any) -> dict:
 # ----------------------------------------------------------------------------- running
 
 def run_evaluators(config: ml_collections.ConfigDict, method: Any, ts: Any, mesh: Mesh,
-                   info: DatasetInfo) -> dict[str, float]:
+                   info: DatasetInfo, *, baselines: bool = True,
+                   context: EvalContext | None = None) -> dict[str, float]:
     """Every evaluator :func:`selected` by ``config``, in order; their metrics in one dict.
 
     Args:
@@ -291,12 +294,17 @@ def run_evaluators(config: ml_collections.ConfigDict, method: Any, ts: Any, mesh
         need none (the baselines).
       mesh: the devices the features are computed on.
       info: the dataset's facts.
+      baselines: False skips the evaluators that do not read ``ts`` (the baselines do not
+        change during training: the evaluations every ``eval.every`` steps skip them).
+      context: the evaluation data from an earlier call (:meth:`EvalContext.create`), to
+        load it once for several evaluations.
 
     Returns:
       ``{metric: value}``, as ``results.json`` holds them (percentages rounded to 2 places).
     """
-    names = selected(config, info, trained=ts is not None)
-    ctx = EvalContext.create(config, method, mesh, info)
+    names = [name for name in selected(config, info, trained=ts is not None)
+             if baselines or EVALUATORS[name].needs_trained]
+    ctx = context or EvalContext.create(config, method, mesh, info)
     results = {}
     for name in names:
         results.update(EVALUATORS[name].fn(ctx, ts))
