@@ -8,18 +8,13 @@ scripts/1stage_train.sh: batch 1024, SGD lr 0.8, 500 epochs, cosine, wd 1e-4, cr
 only; linear probe on the frozen backbone as for the contrastive methods).
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from ssljax import presets
 
 
 def _supervised_config(method: str, variant: str) -> ml_collections.ConfigDict:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "selfcon.py")
-    spec = importlib.util.spec_from_file_location("_ssljax_configs_selfcon", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.supervised_config(method, variant)
+    return presets.sibling(__file__, "selfcon").supervised_config(method, variant)
 
 
 def cross_entropy_config(method: str, variant: str) -> ml_collections.ConfigDict:

@@ -15,10 +15,13 @@ scale 0.6-1 resized to 255, 3 x 3 cells of 85 pixels, a 64-pixel patch in each;
 
 import ml_collections
 
+from ssljax import presets
 from ssljax.config import base_config
 
 
 def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
+    dataset, _ = presets.parse_variant(variant, "infomin",
+                                       ("fashion_mnist", "cifar10", "cifar100", "imagenet"))
     c = base_config()
     c.method = "infomin"
     c.projector = ml_collections.ConfigDict(dict(hidden_dims=(2048,), out_dim=128,
@@ -31,10 +34,8 @@ def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
     # RandAugment, grayscale.
     a = c.data.augment
     a.crop_scale = (0.2, 1.0)
-    a.jitter_p = 0.8
     a.brightness, a.contrast, a.saturation, a.hue = 0.8, 0.8, 0.8, 0.2
     a.blur_p = 0.5
-    a.grayscale_p = 0.2
     a.randaugment_n = 2
     a.randaugment_m = 10.0
     a.randaugment_mstd = 0.5
@@ -45,39 +46,27 @@ def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
 
     c.optimizer.name = "sgd"
     c.optimizer.lr = 0.03
-    c.optimizer.lr_scaling = "linear"
-    c.optimizer.momentum = 0.9
     c.optimizer.weight_decay = 1e-4
     c.optimizer.exclude_bias_and_norm = False
     c.optimizer.warmup_epochs = 0.0
+    presets.apply_dataset(c, dataset)
 
-    if variant == "fashion_mnist":
+    if dataset == "fashion_mnist":
         # CPU-sized, as configs/moco.py's fashion_mnist; 8-pixel jigsaw patches in cells of
         # 10 (the official 64 / 85), RandAugment's fill the dataset mean; no blur at 28x28.
-        c.data.name = "fashion_mnist"
-        c.data.image_size = 28
         a.blur_p = 0.0
         a.randaugment_fill = (73.0,)
         c.data.jigsaw.size = 30
         c.data.jigsaw.patch = 8
-        c.model.width = 16
-        c.model.stem_stride = 2
         c.projector.hidden_dims = (128,)
         c.moco.queue_size = 4096
         c.moco.momentum = 0.99
-        c.batch_size = 256
         c.optimizer.lr = 0.06
         c.optimizer.weight_decay = 5e-4
         c.num_epochs = 3
-        c.log_every = 20
-        c.checkpoint_every = 200
-        c.eval.linear_epochs = 30
-        c.eval.linear_lr = 1e-2  # the benchmark's probe (ssljax/benchmark.py): converged
-    elif variant in ("cifar10", "cifar100"):
+    elif dataset in ("cifar10", "cifar100"):
         # configs/moco.py's CIFAR recipe with InfoMin's T, InfoMin Aug (no blur at 32x32) and
         # 8-pixel jigsaw patches in cells of 11.
-        c.data.name = variant
-        c.data.image_size = 32
         a.blur_p = 0.0
         c.data.jigsaw.size = 33
         c.data.jigsaw.patch = 8
@@ -89,18 +78,6 @@ def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
         c.optimizer.lr_scaling = "none"
         c.optimizer.weight_decay = 5e-4
         c.num_epochs = 800
-        c.checkpoint_every = 5000
-    elif variant == "imagenet":
-        c.data.name = "imagenet2012"
-        c.data.image_size = 224
-        c.model.name = "resnet50"
-        c.model.stem = "imagenet"
-        c.model.dtype = "bfloat16"
-        c.batch_size = 256
+    else:  # imagenet
         c.num_epochs = 200
-        c.checkpoint_every = 5000
-        c.eval.batch_size = 2048
-    else:
-        raise ValueError(f"Unknown variant {variant!r} of configs/infomin.py; use fashion_mnist, "
-                         "cifar10, cifar100 or imagenet.")
     return c

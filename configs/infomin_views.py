@@ -15,6 +15,7 @@ configs/view_contrast.py (``views.space=learned``, ``views.generator_dir=<this w
 
 import ml_collections
 
+from ssljax import presets
 from ssljax.config import base_config
 
 
@@ -46,6 +47,8 @@ def views_base(method: str) -> ml_collections.ConfigDict:
 
 
 def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
+    variant, _ = presets.parse_variant(
+        variant, "infomin_views", ("fashion_mnist", "fashion_mnist_semi", "stl10", "stl10_semi"))
     c = views_base("infomin_views")
     semi = variant.endswith("_semi")
     dataset = variant[:-len("_semi")] if semi else variant
@@ -62,15 +65,9 @@ def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
         c.log_every = 20
         c.checkpoint_every = 200
         c.eval.linear_epochs = 30
-    elif dataset == "stl10":
+    else:  # stl10
         # The paper's view-learning dataset: STL-10 (unlabelled + train), 64x64 crops.
-        c.data.name = "stl10"
-        c.data.image_size = 64
+        presets.stl10(c, image_size=64)
         c.model.width = 32
-        c.batch_size = 256
         c.num_epochs = 100
-        c.checkpoint_every = 5000
-    else:
-        raise ValueError(f"Unknown variant {variant!r} of configs/infomin_views.py; use "
-                         "fashion_mnist, fashion_mnist_semi, stl10 or stl10_semi.")
     return c

@@ -11,10 +11,13 @@ DARTS approximation) or 'none' (no mask: the official ``--disable-meta``).
 
 import ml_collections
 
+from ssljax import presets
 from ssljax.config import base_config
 
 
 def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
+    dataset, _ = presets.parse_variant(variant, "metamask",
+                                       ("fashion_mnist", "cifar10", "cifar100"))
     c = base_config()
     c.method = "metamask"
 
@@ -55,30 +58,15 @@ def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
     c.eval.knn_k = 5
     c.eval.knn_temperature = 1.0
 
-    if variant == "fashion_mnist":
-        # CPU-sized: a narrow ResNet-18 with a stride-2 stem on 28x28 grayscale, smaller heads.
-        c.data.name = "fashion_mnist"
-        c.data.image_size = 28
-        c.data.augment.crop_scale = (0.2, 1.0)
-        c.model.width = 16
-        c.model.stem_stride = 2
+    presets.apply_dataset(c, dataset)
+    if dataset == "fashion_mnist":
+        # CPU-sized: the preset's narrow ResNet-18 on 28x28 grayscale, smaller heads.
         c.bt_projector.hidden_dims = (512, 512)
         c.bt_projector.out_dim = 512
         c.cl_projector.hidden_dims = (512,)
         c.cl_projector.out_dim = 128
-        c.batch_size = 256
         c.num_epochs = 4
-        c.log_every = 20
-        c.checkpoint_every = 200
-        c.eval.linear_epochs = 30
-        c.eval.linear_lr = 1e-2  # the benchmark's probe (ssljax/benchmark.py): converged
-    elif variant in ("cifar10", "cifar100"):
-        c.data.name = variant
-        c.data.image_size = 32
+    else:  # cifar10, cifar100
         c.batch_size = 512
         c.num_epochs = 800
-        c.checkpoint_every = 5000
-    else:
-        raise ValueError(f"Unknown variant {variant!r} of configs/metamask.py; use fashion_mnist, "
-                         "cifar10 or cifar100.")
     return c

@@ -15,21 +15,15 @@ cosine, 200 epochs; BatchNorm per GPU with shuffled keys (here: ``moco.bn_groups
 official CIFAR-10 demo (facebookresearch/moco ``colab/moco_cifar10_demo.ipynb``).
 """
 
-import importlib.util
-import os
-
 import ml_collections
 
+from ssljax import presets
 from ssljax.config import base_config
 
 
 def infomin_augment(dataset: str) -> ml_collections.ConfigDict:
     """configs/infomin.py's InfoMin Aug for ``dataset`` (its ``data.augment`` section)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "infomin.py")
-    spec = importlib.util.spec_from_file_location("_ssljax_configs_infomin", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(dataset).data.augment
+    return presets.sibling(__file__, "infomin").get_config(dataset).data.augment
 
 
 def moco_base(method: str = "moco") -> ml_collections.ConfigDict:
@@ -61,36 +55,23 @@ def moco_base(method: str = "moco") -> ml_collections.ConfigDict:
 
 
 def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
+    dataset, modifiers = presets.parse_variant(
+        variant, "moco", ("fashion_mnist", "cifar10", "cifar100", "imagenet"), ("infomin_aug",))
     c = moco_base()
-    variant, _, modifier = variant.partition(",")
-    if modifier not in ("", "infomin_aug"):
-        raise ValueError(f"Unknown modifier {modifier!r} of configs/moco.py; the one modifier is "
-                         "infomin_aug (e.g. fashion_mnist,infomin_aug).")
-    if variant == "fashion_mnist":
-        # CPU-sized: a narrow ResNet-18 (stride-2 3x3 stem, 128 features) on 28x28 grayscale
-        # images; a queue of 16 batches and a faster-moving key encoder for a short run.
-        c.data.name = "fashion_mnist"
-        c.data.image_size = 28
+    presets.apply_dataset(c, dataset)
+    if dataset == "fashion_mnist":
+        # CPU-sized: the preset's narrow ResNet-18 (128 features); a queue of 16 batches and a
+        # faster-moving key encoder for a short run.
         c.data.augment.blur_p = 0.0
-        c.model.width = 16
-        c.model.stem_stride = 2
         c.projector.hidden_dims = (128,)
         c.moco.queue_size = 4096
         c.moco.momentum = 0.99
-        c.moco.temperature = 0.2
-        c.batch_size = 256
         c.optimizer.lr = 0.06
         c.optimizer.weight_decay = 5e-4
         c.num_epochs = 3
-        c.log_every = 20
-        c.checkpoint_every = 200
-        c.eval.linear_epochs = 30
-        c.eval.linear_lr = 1e-2  # the benchmark's probe (ssljax/benchmark.py): converged
-    elif variant in ("cifar10", "cifar100"):
+    elif dataset in ("cifar10", "cifar100"):
         # The official CIFAR-10 demo: ResNet-18 (CIFAR stem), batch 512, lr 0.06 (x B/256),
         # wd 5e-4, queue 4096, momentum 0.99, T 0.1, 8 BN groups, 800 epochs; no blur.
-        c.data.name = variant
-        c.data.image_size = 32
         c.data.augment.blur_p = 0.0
         c.projector.hidden_dims = (512,)
         c.moco.queue_size = 4096
@@ -101,20 +82,8 @@ def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
         c.optimizer.lr_scaling = "none"
         c.optimizer.weight_decay = 5e-4
         c.num_epochs = 800
-        c.checkpoint_every = 5000
-    elif variant == "imagenet":
-        c.data.name = "imagenet2012"
-        c.data.image_size = 224
-        c.model.name = "resnet50"
-        c.model.stem = "imagenet"
-        c.model.dtype = "bfloat16"
-        c.batch_size = 256
+    else:  # imagenet
         c.num_epochs = 200
-        c.checkpoint_every = 5000
-        c.eval.batch_size = 2048
-    else:
-        raise ValueError(f"Unknown variant {variant!r} of configs/moco.py; use fashion_mnist, "
-                         "cifar10, cifar100 or imagenet.")
-    if modifier == "infomin_aug":
-        c.data.augment = infomin_augment(variant)
+    if "infomin_aug" in modifiers:
+        c.data.augment = infomin_augment(dataset)
     return c

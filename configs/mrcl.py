@@ -22,6 +22,7 @@ from SimCLR's (configs/simclr.py) so that the "simclr" ablation is that baseline
 
 import ml_collections
 
+from ssljax import presets
 from ssljax.config import base_config
 
 DATASETS = ("fashion_mnist", "cifar10", "cifar100", "imagenet")
@@ -29,10 +30,7 @@ MODIFIERS = ("masking_only", "reconstruction_only", "simclr", "vit", "infonce", 
 
 
 def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
-    dataset, *mods = [s.strip() for s in variant.split(",")]
-    if dataset not in DATASETS or any(m not in MODIFIERS for m in mods):
-        raise ValueError(f"Unknown variant {variant!r} of configs/mrcl.py; use one of {DATASETS}, "
-                         f"optionally followed by ,modifier with modifiers from {MODIFIERS}.")
+    dataset, mods = presets.parse_variant(variant, "mrcl", DATASETS, MODIFIERS)
     c = base_config()
     c.method = "mrcl"
 
@@ -60,57 +58,36 @@ def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
     ))
     c.eval.segmentation = dataset == "fashion_mnist"
 
+    presets.apply_dataset(c, dataset)
     if dataset == "fashion_mnist":
-        # CPU-sized, as configs/simclr.py:fashion_mnist: a narrow ResNet-18, stride-2 stem.
-        c.data.name = "fashion_mnist"
-        c.data.image_size = 28
-        c.data.augment.crop_scale = (0.2, 1.0)
-        c.model.width = 16
-        c.model.stem_stride = 2
+        # CPU-sized, as configs/simclr.py:fashion_mnist: the preset's narrow ResNet-18.
         c.projector.hidden_dims = (512,)
         c.mrcl.temperature = 0.2
         c.data.mask.patch_size = 4  # a 7 x 7 grid
         c.decoder.channels = (64, 32)
-        c.batch_size = 256
-        c.optimizer.name = "lars"
         c.optimizer.lr = 1.0
         c.optimizer.weight_decay = 1e-5
         c.optimizer.warmup_epochs = 0.5
         c.num_epochs = 3
-        c.log_every = 20
-        c.checkpoint_every = 200
-        c.eval.linear_epochs = 30
-        c.eval.linear_lr = 1e-2  # the benchmark's probe (ssljax/benchmark.py): converged
     elif dataset in ("cifar10", "cifar100"):
-        c.data.name = dataset
-        c.data.image_size = 32
         c.data.mask.patch_size = 4  # an 8 x 8 grid
         c.decoder.channels = (256, 128, 64)
         c.batch_size = 512
         c.optimizer.lr = 1.0
         c.num_epochs = 1000
-        c.checkpoint_every = 5000
     else:  # imagenet
-        c.data.name = "imagenet2012"
-        c.data.image_size = 224
         c.data.augment.blur_p = 0.5
         c.data.augment.brightness = 0.8
         c.data.augment.contrast = 0.8
         c.data.augment.saturation = 0.8
         c.data.augment.hue = 0.2
         c.data.mask.patch_size = 16  # a 14 x 14 grid
-        c.model.name = "resnet50"
-        c.model.stem = "imagenet"
-        c.model.dtype = "bfloat16"
         c.projector.hidden_dims = (2048, 2048)
         c.decoder.channels = (512, 256, 128, 64)
         c.batch_size = 4096
-        c.optimizer.lr = 0.3
         c.mrcl.temperature = 0.1
         c.mrcl.queue_size = 65536
         c.num_epochs = 100
-        c.checkpoint_every = 5000
-        c.eval.batch_size = 2048
 
     if "vit" in mods:
         c.model.name = {"fashion_mnist": "vit_tiny", "imagenet": "vit_base"}.get(dataset,

@@ -18,6 +18,7 @@ configs/supcon.py, configs/ce.py and configs/subnet_ce.py start from it.
 
 import ml_collections
 
+from ssljax import presets
 from ssljax.config import base_config
 
 VARIANTS = ("fashion_mnist", "cifar10", "cifar100")
@@ -25,9 +26,7 @@ VARIANTS = ("fashion_mnist", "cifar10", "cifar100")
 
 def supervised_config(method: str, variant: str) -> ml_collections.ConfigDict:
     """The recipe SelfCon, SupCon, CE and sub-network CE share, for ``variant``."""
-    if variant not in VARIANTS:
-        raise ValueError(f"Unknown variant {variant!r} of configs/{method}.py; use "
-                         f"{', '.join(VARIANTS)}.")
+    variant, _ = presets.parse_variant(variant, method, VARIANTS)
     c = base_config()
     c.method = method
     c.data.num_views = 1
@@ -45,12 +44,10 @@ def supervised_config(method: str, variant: str) -> ml_collections.ConfigDict:
     o.weight_decay = 1e-4
     o.exclude_bias_and_norm = False
 
+    presets.apply_dataset(c, variant)
     if variant == "fashion_mnist":
-        # CPU-sized: the SimCLR main job's narrow ResNet-18 (width 16, stride-2 stem) on
-        # 28x28 grayscale images; colour jitter reduces to brightness and contrast.
-        c.data.augment.crop_scale = (0.2, 1.0)
-        c.model.width = 16
-        c.model.stem_stride = 2
+        # CPU-sized: the SimCLR main job's narrow ResNet-18 (the preset) on 28x28 grayscale
+        # images; colour jitter reduces to brightness and contrast.
         c.batch_size = 128
         o.lr = 0.2
         o.warmup_epochs = 0.1
@@ -58,27 +55,12 @@ def supervised_config(method: str, variant: str) -> ml_collections.ConfigDict:
         c.total_steps = 700  # ~1.5 epochs: the experiment's budget (about 5 min on 2 cores)
         c.log_every = 50
         c.checkpoint_every = 700
-        c.eval.linear_epochs = 30
-        c.eval.linear_lr = 1e-2  # the benchmark's probe (ssljax/benchmark.py): converged
     else:
         # raymin0223/self-contrastive-learning scripts/selfcon_represent.sh (CIFAR-100,
         # ResNet-18): batch 1024, lr 0.5, T 0.1, 1000 epochs, cosine to lr * 0.1**3, warm-up
         # for 10 epochs from 0.01 (per iteration; we also step the cosine per iteration),
         # wd 1e-4, mixed precision.
-        c.data.name = variant
-        c.data.image_size = 32
         c.data.augment.crop_scale = (0.2, 1.0)
-        c.data.augment.jitter_p = 0.8
-        c.data.augment.brightness = 0.4
-        c.data.augment.contrast = 0.4
-        c.data.augment.saturation = 0.4
-        c.data.augment.hue = 0.1
-        c.data.augment.grayscale_p = 0.2
-        c.data.augment.blur_p = 0.0
-        c.model.name = "resnet18"
-        c.model.width = 64
-        c.model.stem = "cifar"
-        c.model.stem_stride = 1
         c.model.dtype = "bfloat16"
         c.batch_size = 1024
         o.lr = 0.5
@@ -86,7 +68,6 @@ def supervised_config(method: str, variant: str) -> ml_collections.ConfigDict:
         o.warmup_init = 0.01 / 0.5
         o.final_lr_ratio = 1e-3
         c.num_epochs = 1000
-        c.checkpoint_every = 5000
         # main_linear.py: SGD lr 3, momentum 0.9, wd 0, batch 512, 100 epochs, x0.1 at 60/80.
         # (Official: random crop + flip on the probe's images and the best epoch; we probe
         # frozen features of the un-augmented images and report the last epoch.)

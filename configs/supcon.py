@@ -9,18 +9,13 @@ lr 3, 100 epochs, x0.1 at 60 and 80).
 SupCon-S (one view): --config.data.num_views=1. Unsupervised: --config.supcon.label=False.
 """
 
-import importlib.util
-import os
-
 import ml_collections
+
+from ssljax import presets
 
 
 def _supervised_config(method: str, variant: str) -> ml_collections.ConfigDict:
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "selfcon.py")
-    spec = importlib.util.spec_from_file_location("_ssljax_configs_selfcon", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.supervised_config(method, variant)
+    return presets.sibling(__file__, "selfcon").supervised_config(method, variant)
 
 
 def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:

@@ -12,10 +12,13 @@ cosine to 0.001 x lr.
 
 import ml_collections
 
+from ssljax import presets
 from ssljax.config import base_config
 
 
 def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
+    dataset, _ = presets.parse_variant(variant, "vicreg",
+                                       ("fashion_mnist", "cifar10", "cifar100", "imagenet"))
     c = base_config()
     c.method = "vicreg"
 
@@ -27,63 +30,35 @@ def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
     # VICReg's asymmetric augmentation (BYOL's): blur always on view 1, p=0.1 on view 2,
     # solarisation p=0.2 on view 2 only; jitter (0.4, 0.4, 0.2, 0.1) p=0.8; grayscale 0.2.
     c.data.augment.saturation = 0.2
-    c.data.augment.hue = 0.1
     c.data.augment.blur_p = 1.0
     c.data.augment2 = ml_collections.ConfigDict(dict(blur_p=0.1, solarize_p=0.2))
 
-    c.optimizer.name = "lars"
     c.optimizer.lr = 0.2
-    c.optimizer.weight_decay = 1e-6
-    c.optimizer.warmup_epochs = 10.0
     c.optimizer.final_lr_ratio = 0.001
+    presets.apply_dataset(c, dataset)
 
-    if variant == "fashion_mnist":
-        # CPU-sized: a narrow ResNet-18 with a stride-2 3x3 stem on 28x28 grayscale images, a
-        # 512-wide expander; no blur at 28x28.
-        c.data.name = "fashion_mnist"
-        c.data.image_size = 28
-        c.data.augment.crop_scale = (0.2, 1.0)
+    if dataset == "fashion_mnist":
+        # CPU-sized (the preset's narrow ResNet-18), a 512-wide expander; no blur at 28x28.
         c.data.augment.blur_p = 0.0
         c.data.augment2 = ml_collections.ConfigDict()
-        c.model.width = 16
-        c.model.stem_stride = 2
         c.projector.hidden_dims = (512, 512)
         c.projector.out_dim = 512
-        c.batch_size = 256
         c.optimizer.lr = 0.5
         c.optimizer.weight_decay = 1e-5
         c.optimizer.warmup_epochs = 0.5
         c.num_epochs = 4
-        c.log_every = 20
-        c.checkpoint_every = 200
-        c.eval.linear_epochs = 30
-        c.eval.linear_lr = 1e-2  # the benchmark's probe (ssljax/benchmark.py): converged
-    elif variant in ("cifar10", "cifar100"):
+    elif dataset in ("cifar10", "cifar100"):
         # The common CIFAR recipe (e.g. solo-learn): ResNet-18 CIFAR stem, 2048-2048-2048
         # expander, LARS lr 0.3 x B/256, wd 1e-4, batch 256, 1000 epochs; no blur at 32x32.
-        c.data.name = variant
-        c.data.image_size = 32
         c.data.augment.blur_p = 0.0
         c.data.augment2 = ml_collections.ConfigDict(dict(solarize_p=0.2))
         c.projector.hidden_dims = (2048, 2048)
         c.projector.out_dim = 2048
-        c.batch_size = 256
         c.optimizer.lr = 0.3
         c.optimizer.weight_decay = 1e-4
         c.num_epochs = 1000
-        c.checkpoint_every = 5000
-    elif variant == "imagenet":
-        c.data.name = "imagenet2012"
-        c.data.image_size = 224
-        c.model.name = "resnet50"
-        c.model.stem = "imagenet"
+    else:  # imagenet
         c.model.zero_init_residual = True  # torchvision's resnet50(zero_init_residual=True)
-        c.model.dtype = "bfloat16"
         c.batch_size = 2048
         c.num_epochs = 1000
-        c.checkpoint_every = 5000
-        c.eval.batch_size = 2048
-    else:
-        raise ValueError(f"Unknown variant {variant!r} of configs/vicreg.py; use "
-                         "fashion_mnist, cifar10, cifar100 or imagenet.")
     return c

@@ -12,22 +12,18 @@ with the symmetric InfoNCE loss (CMC); evaluation concatenates both encoders' fe
 See ``ssljax/methods/view_learning.py``.
 """
 
-import os
-import sys
+import ml_collections
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-from infomin_views import get_config as views_config  # noqa: E402
+from ssljax import presets
 
 SPACES = ("rgb", "ydbdr", "ycbcr", "lab", "learned")
+VARIANTS = SPACES + tuple(f"{space}_stl10" for space in SPACES)
 
 
-def get_config(variant: str = "lab"):
+def get_config(variant: str = "lab") -> ml_collections.ConfigDict:
+    variant, _ = presets.parse_variant(variant, "view_contrast", VARIANTS)
     space, _, dataset = variant.partition("_")
-    if space not in SPACES or dataset not in ("", "stl10"):
-        raise ValueError(f"Unknown variant {variant!r} of configs/view_contrast.py; use one of "
-                         f"{', '.join(SPACES)}, optionally with the suffix _stl10.")
-    c = views_config(dataset or "fashion_mnist")
+    c = presets.sibling(__file__, "infomin_views").get_config(dataset or "fashion_mnist")
     c.method = "view_contrast"
     c.views.space = space
     return c

@@ -4,9 +4,10 @@ Where things live:
   ssljax.losses    pure objectives (import these into your own JAX code)
   ssljax.models    Flax modules: ResNets, projector heads
   ssljax.methods   one file per method: views -> model -> objective, extra state
-  ssljax.data      tf.data sources, augmentations, multi-view batches
+  ssljax.data      settings (specs, no TensorFlow), tf.data sources, augmentations, batches
   ssljax.train     the generic, jit-sharded training loop
-  ssljax.evaluate  online probe, kNN and linear probes
+  ssljax.evaluate  kNN, linear and dense probes; the evaluators a config selects
+  ssljax.presets   dataset presets and the variant parser of configs/*.py
 """
 
 from ssljax.xla_flags import apply_cpu_defaults as _apply_cpu_defaults

@@ -222,6 +222,22 @@ class Checkpointer:
         self._manager.close()
 
 
+def restore_latest_state_on_host(directory: str) -> tuple[int, Any] | None:
+    """``(step, state)`` of the newest checkpoint under ``directory``, as saved, on the host.
+
+    For reading another run's parameters (e.g. the frozen view generator of an
+    ``infomin_views`` run) without building its train state: no target structure, so the
+    leaves come back as host arrays of their stored shapes and dtypes. None when
+    ``directory`` has no checkpoint.
+    """
+    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
+        directory) else []
+    if not steps:
+        return None
+    state = ocp.StandardCheckpointer().restore(os.path.join(directory, str(steps[-1]), "state"))
+    return steps[-1], state
+
+
 def _all_agree(ok: bool) -> bool:
     """True when ``ok`` holds on every process."""
     if jax.process_count() == 1:

@@ -81,9 +81,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3
 
     c.eval = ml_collections.ConfigDict()
-    c.eval.online_probe = True
     c.eval.probe_lr = 1e-3  # Adam on a stop-gradient linear head
     c.eval.batch_size = 1024  # feature extraction
+    # > 0: also run the evaluators of the trained encoder every this many steps (metrics.jsonl,
+    # as eval/<metric>); 0: only at the end of training.
+    c.eval.every = 0
     # Side of the images the probes see. 0: in-memory datasets (MNIST-like, CIFAR, STL) at
     # their own size, streamed ones (ImageNet) at data.image_size. > 0: resized (bilinear,
     # antialiased) and centre-cropped to it, e.g. to evaluate at a reduced training resolution.
@@ -171,7 +173,7 @@ _RULES: tuple[tuple[str, str], ...] = (
     ("data.jigsaw.patch", _POSITIVE), ("data.mask.ratio", _PROBABILITY),
     ("data.mask.patch_size", _POSITIVE), ("decoder.channels", _POSITIVE),
     ("decoder.dim", _POSITIVE), ("decoder.depth", _POSITIVE), ("decoder.heads", _POSITIVE),
-    ("eval.batch_size", _POSITIVE), ("eval.knn_k", _POSITIVE),
+    ("eval.batch_size", _POSITIVE), ("eval.every", _NON_NEGATIVE), ("eval.knn_k", _POSITIVE),
     ("eval.linear_epochs", _POSITIVE), ("eval.linear_batch_size", _POSITIVE),
     ("eval.linear_final_lr_ratio", _PROBABILITY), ("eval.linear_decay_rate", _POSITIVE),
     ("eval.image_size", _NON_NEGATIVE), ("eval.segmentation_epochs", _POSITIVE),

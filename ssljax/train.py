@@ -2,12 +2,12 @@
 
 Flat and in sections, like big_vision's ``train.py``. Nothing here is method-specific: the
 method (``ssljax.methods``) supplies the model, the objective and the step; this file
-supplies devices, data, optimizers, checkpoints, logs and evaluation.
+supplies devices, data, optimizers, checkpoints and logs, and runs the evaluators
+(``ssljax.evaluate.evaluators``, selected from ``config.eval``) at the end.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import itertools
 import json
@@ -18,9 +18,7 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from etils import epath
 
@@ -29,6 +27,10 @@ from ssljax import workdir as workdir_lib
 from ssljax.config import ConfigError, validate
 
 logger = logging.getLogger("ssljax")
+
+# The evaluation of a run lives in ssljax.evaluate.evaluators; re-exported at their old path.
+evaluate_encoder = evaluate.evaluate_encoder
+baseline_scores = evaluate.baseline_scores
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -43,8 +45,9 @@ class MetricsWriter:
 
     def __init__(self, workdir: str, *, start_step: int = 0):
         """``start_step``: the step training resumes after; rows of later steps (written by
-        the interrupted run, about to be redone) and of an earlier evaluation are dropped,
-        so the file never repeats a step."""
+        the interrupted run, about to be redone) and of an earlier final evaluation are
+        dropped, so the file never repeats a step (evaluations during training, ``eval/``
+        rows of steps up to ``start_step``, are kept)."""
         self.enabled = jax.process_index() == 0
         self._tb = None
         if not self.enabled:
@@ -83,7 +86,8 @@ class MetricsWriter:
                 row = json.loads(line)
             except ValueError:  # a line cut off by a crash
                 continue
-            if "loss" in row and row.get("step", 0) <= start_step:
+            periodic = any(k.startswith("eval/") for k in row)  # eval.every's rows
+            if ("loss" in row or periodic) and row.get("step", 0) <= start_step:
                 kept.append(line)
         if len(kept) != len(lines):
             tmp = self._path.parent / f".{self._path.name}.tmp"
@@ -325,6 +329,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 f"The loss became {metrics['loss']} at step {step}; {where}. Lower "
                 "--config.optimizer.lr (or raise the warm-up) and run the same command again.")
 
+    # ---- Evaluation during training (eval.every > 0) -------------------------------------
+    eval_every = config.eval.get("every", 0)
+    eval_context = None
+
+    def evaluate_now(ts) -> dict[str, float]:
+        """The evaluators of the trained state (not the baselines), as ``eval/<metric>``."""
+        nonlocal eval_context
+        eval_context = eval_context or evaluate.EvalContext.create(config, method, mesh, info)
+        scores = evaluate.run_evaluators(config, method, ts, mesh, info, baselines=False,
+                                         context=eval_context)
+        return {f"eval/{k}": v for k, v in scores.items()}
+
     metrics = None
     train_start = time.time()
     if start_step < last_step:
@@ -381,6 +397,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 writer.close()
                 ckpt.close()
                 raise preemption.Preempted(step, ckpt.directory, watcher.signame)
+            if eval_every and step % eval_every == 0 and step < total_steps:
+                flush()
+                eval_t0 = time.time()
+                writer.write(step, evaluate_now(ts))
+                first_done += time.time() - eval_t0  # throughput and ETA: training only
         flush()
     train_time = time.time() - train_start
     if watcher.requested:  # the signal came during the last save: it is complete
@@ -403,7 +424,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                 "to evaluate it")
     watcher.phase = "eval"
     eval_start = time.time()
-    results = evaluate_encoder(config, method, ts, mesh, info)
+    results = evaluate.run_evaluators(config, method, ts, mesh, info)
     if watcher.requested:  # a signal whose exception a callback swallowed: still stop
         raise preemption.Interrupted(watcher.message())
     if metrics is not None:
@@ -423,151 +444,3 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     writer.close()
     ckpt.close()
     return results
-
-
-def evaluate_encoder(config, method, ts, mesh, info) -> dict:
-    """kNN and linear-probe top-1 (%) of the trained encoder, a random one and raw pixels.
-
-    ``ts`` None scores only the baselines (``eval.baselines``).
-
-    Datasets held in memory are scored whole (or the first ``eval.train_examples`` training
-    examples); streamed datasets (ImageNet) are read once through tf.data, the training split
-    capped at ``eval.train_examples`` (default 100,000) so the features fit in host memory,
-    and have no raw-pixel baseline (224 x 224 x 3 pixels are not a useful linear probe).
-    """
-    ec = config.eval
-    eval_size = ec.get("image_size", 0) or None
-    train_split = config.data.train_split or info.train_split
-    test_split = config.data.test_split or info.test_split
-    if info.in_memory:
-        train_images, train_labels = data.load_arrays(config.data.name, train_split,
-                                                      data_dir=config.data.data_dir)
-        test_images, test_labels = data.load_arrays(config.data.name, test_split,
-                                                    data_dir=config.data.data_dir)
-        if ec.train_examples > 0:
-            train_images, train_labels = (train_images[:ec.train_examples],
-                                          train_labels[:ec.train_examples])
-        image_shape = train_images.shape[1:]
-        if eval_size:
-            image_shape = (eval_size, eval_size, image_shape[-1])
-    else:
-        stream_train_examples = ec.train_examples if ec.train_examples > 0 else 100_000
-        logger.info("Streaming %s for evaluation: %d training examples for the probes, every "
-                    "%s example scored.", config.data.name, stream_train_examples, test_split)
-        eval_size = eval_size or config.data.image_size
-        image_shape = (eval_size, eval_size, info.image_shape[-1])
-
-    def score(prefix: str, train_x, train_y, test_x, test_y, logits: list | None = None) -> dict:
-        t0 = time.time()
-        knn = evaluate.knn_top1(train_x, train_y, test_x, test_y, k=ec.knn_k,
-                                temperature=ec.knn_temperature, num_classes=info.num_classes)
-        lin = evaluate.linear_probe(train_x, train_y, test_x, test_y,
-                                    num_classes=info.num_classes, epochs=ec.linear_epochs,
-                                    lr=ec.linear_lr, weight_decay=ec.linear_weight_decay,
-                                    batch_size=ec.linear_batch_size, seed=config.seed,
-                                    optimizer=ec.get("linear_optimizer", "adamw"),
-                                    final_lr_ratio=ec.get("linear_final_lr_ratio", 0.0),
-                                    schedule=ec.get("linear_schedule", "cosine"),
-                                    decay_epochs=tuple(ec.get("linear_decay_epochs", ())),
-                                    decay_rate=ec.get("linear_decay_rate", 0.1),
-                                    return_logits=logits is not None)
-        if logits is not None:
-            logits.append(lin["test_logits"])
-        logger.info("%s: linear probe %.2f%%, kNN %.2f%% (%.0fs)", prefix or "pre-trained",
-                     100 * lin["top1"], 100 * knn, time.time() - t0)
-        return {f"{prefix}linear_probe_top1": round(100 * lin["top1"], 2),
-                f"{prefix}knn_top1": round(100 * knn, 2)}
-
-    def score_named(prefix: str, train_x: dict, train_y, test_x: dict, test_y) -> dict:
-        """One feature set (the usual case), or several (multi-exit networks: backbone,
-        sub-networks, and the ensemble of their linear probes, by the mean of the logits)."""
-        if list(train_x) == [""]:
-            return score(prefix, train_x[""], train_y, test_x[""], test_y)
-        out, logits = {}, []
-        for name in train_x:
-            sub = prefix if name == "backbone" else f"{prefix}{name}_"
-            out.update(score(sub, train_x[name], train_y, test_x[name], test_y, logits))
-        ensemble = np.mean(np.argmax(np.mean(logits, axis=0), -1) == np.asarray(test_y))
-        out[f"{prefix}ensemble_linear_probe_top1"] = round(100 * float(ensemble), 2)
-        logger.info("%sensemble of %d linear probes: %.2f%%", prefix, len(logits),
-                     100 * ensemble)
-        return out
-
-    def features_of(params, state):
-        embed = lambda x: method.embed_named(params, state, x)  # noqa: E731
-        batch_size = ec.batch_size - ec.batch_size % mesh.devices.size
-        if info.in_memory:
-            kw = dict(mesh=mesh, batch_size=batch_size, mean=info.mean, std=info.std,
-                      image_size=eval_size)
-            return (evaluate.extract_features(embed, train_images, train_labels, **kw),
-                    evaluate.extract_features(embed, test_images, test_labels, **kw))
-
-        def stream(split, max_examples):
-            return data.make_tfds_eval_stream(
-                config.data.name, split, batch_size=batch_size, image_size=eval_size,
-                mean=info.mean, std=info.std, data_dir=config.data.data_dir,
-                max_examples=max_examples)
-
-        return (evaluate.features_of_batches(embed, stream(train_split, stream_train_examples),
-                                             mesh=mesh),
-                evaluate.features_of_batches(embed, stream(test_split, 0), mesh=mesh))
-
-    results = {}
-    if ts is not None:
-        t0 = time.time()
-        (tr_f, tr_y), (te_f, te_y) = features_of(ts.params, ts.state)
-        logger.info("Extracted %d + %d features in %.0fs.", len(tr_y), len(te_y),
-                    time.time() - t0)
-        results.update(score_named("", tr_f, tr_y, te_f, te_y))
-        # How many dimensions the test embeddings use (dimensional collapse lowers it); for
-        # multi-exit networks, the backbone's (the first feature set).
-        results["effective_rank"] = round(evaluate.effective_rank(next(iter(te_f.values()))), 2)
-    if ec.baselines:
-        example = {"views": jnp.zeros((1, 1) + tuple(image_shape), jnp.float32)}
-        params, state = jax.jit(method.init_model)(init_key(config.seed + 1), example)
-        (tr_f, tr_y), (te_f, te_y) = features_of(params, state)
-        results.update(score_named("random_encoder_", tr_f, tr_y, te_f, te_y))
-        results["random_encoder_effective_rank"] = round(
-            evaluate.effective_rank(next(iter(te_f.values()))), 2)
-    if ec.baselines and info.in_memory:
-        norm = lambda x: (x.astype(np.float32) / 255.0 - np.asarray(info.mean)) / np.asarray(info.std)  # noqa: E731
-        results.update(score("raw_pixels_", norm(train_images).reshape(len(train_images), -1),
-                             np.asarray(train_labels),
-                             norm(test_images).reshape(len(test_images), -1), np.asarray(test_labels)))
-        results["raw_pixels_effective_rank"] = round(evaluate.effective_rank(
-            norm(test_images).reshape(len(test_images), -1)), 2)
-    if ts is not None and ec.get("segmentation", False):
-        results.update(segmentation_scores(config, method, ts, mesh, info, train_images,
-                                           train_labels, test_images, test_labels))
-    return results
-
-
-def baseline_scores(config: ml_collections.ConfigDict) -> dict:
-    """Raw pixels and the untrained encoder (``random_encoder_*``, ``raw_pixels_*``), scored by
-    the probes of ``config.eval`` exactly as :func:`evaluate_encoder` scores a trained run."""
-    config = copy.deepcopy(config)
-    with config.unlocked():
-        config.eval.baselines = True
-    info = data.dataset_info(config.data.name)
-    method = methods.get_method(config.method)(config, num_classes=info.num_classes)
-    return evaluate_encoder(config, method, None, sharding.make_mesh(), info)
-
-
-def segmentation_scores(config, method, ts, mesh, info, train_images, train_labels, test_images,
-                        test_labels) -> dict:
-    """The optional dense probe (``eval.segmentation``): Fashion-MNIST segmentation mIoU (%)."""
-    from ssljax.evaluate import segmentation
-    if config.data.name != "fashion_mnist":
-        raise ConfigError(f"The segmentation probe is built from Fashion-MNIST, not "
-                          f"{config.data.name}; set --config.eval.segmentation=False.")
-    ec = config.eval
-    t0 = time.time()
-    out = segmentation.evaluate_segmentation(
-        lambda x: method.feature_maps(ts.params, ts.state, x), train_images, train_labels,
-        test_images, test_labels, mesh=mesh, batch_size=ec.batch_size, mean=info.mean,
-        std=info.std, num_classes=info.num_classes, threshold=ec.segmentation_threshold,
-        epochs=ec.segmentation_epochs, lr=ec.segmentation_lr,
-        train_examples=ec.segmentation_train_examples, seed=config.seed)
-    logger.info("Segmentation probe: mIoU %.2f%%, pixel accuracy %.2f%% (%.0fs)",
-                out["segmentation_miou"], out["segmentation_pixel_acc"], time.time() - t0)
-    return out

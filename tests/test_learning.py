@@ -153,7 +153,7 @@ COMMON = {
     "optimizer.name": "adam", "optimizer.lr": 1e-2, "optimizer.lr_scaling": "none",
     "optimizer.weight_decay": 0.0, "optimizer.warmup_epochs": 0.0,
     "optimizer.warmup_init": 0.0, "optimizer.final_lr_ratio": 1.0,
-    "optimizer.step_per_epoch": False, "eval.online_probe": False,
+    "optimizer.step_per_epoch": False,
 }
 PER_METHOD = {
     "simclr": {"projector.hidden_dims": (128,), "projector.out_dim": 64},

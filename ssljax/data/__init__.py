@@ -1,40 +1,62 @@
 """Input pipeline: dataset sources, batched stateless augmentations, per-process pipelines.
 
-Importing this package hides GPUs from TensorFlow so that tf.data never reserves
-accelerator memory that JAX needs.
+Layers, each importing only those above it:
+
+* ``specs``: settings and dataset facts (:class:`AugmentConfig`, :class:`MaskConfig`,
+  :class:`JigsawConfig`, :class:`DatasetInfo`); no TensorFlow, no JAX.
+* ``sources`` (in-memory arrays; NumPy) and ``transfer`` (host batches to global
+  ``jax.Array`` batches); no TensorFlow.
+* ``ops``: the shared batched image ops (TensorFlow, kept off accelerators by ``_tf``).
+* ``augment`` (SimCLR's augmentation), ``randaugment``, ``jigsaw``, ``masking``: built on
+  ``ops`` only (``augment`` also runs ``randaugment``); ``infomin_aug`` re-exports the
+  last two under their old path.
+* ``pipeline``: the tf.data pipelines of pre-training and evaluation.
+
+Importing this package imports no TensorFlow: the names below that need it (the
+augmentation and the pipelines) load their module on first use, so methods, models and
+config checks that read data settings work where TensorFlow is not installed.
 """
 
-import tensorflow as _tf
+from __future__ import annotations
 
-try:
-    _tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # TF already initialised by the caller
-    pass
+import importlib
+from typing import Any
 
-from ssljax.data.augment import AugmentConfig, augment_batch  # noqa: E402
-from ssljax.data.masking import MaskConfig, mask_config_from, num_masked  # noqa: E402
-from ssljax.data.pipeline import (  # noqa: E402
-    configure_tf,
-    global_iterator,
-    make_eval_batches,
-    make_tfds_eval_stream,
-    make_pretrain_dataset,
-    make_tfds_stream,
-    to_global,
-)
-from ssljax.data.sources import (  # noqa: E402
-    DatasetInfo,
+from ssljax.data.sources import (
     DatasetCorruptError,
+    DatasetInfo,
     DatasetNotFoundError,
     dataset_info,
     load_arrays,
 )
+from ssljax.data.specs import AugmentConfig, JigsawConfig, MaskConfig, mask_config_from, num_masked
+from ssljax.data.transfer import global_iterator, to_global
+
+# Names whose module imports TensorFlow: loaded on first access (PEP 562).
+_LAZY = {
+    "augment_batch": "ssljax.data.augment",
+    "configure_tf": "ssljax.data.pipeline",
+    "make_eval_batches": "ssljax.data.pipeline",
+    "make_tfds_eval_stream": "ssljax.data.pipeline",
+    "make_pretrain_dataset": "ssljax.data.pipeline",
+    "make_tfds_stream": "ssljax.data.pipeline",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ssljax.data' has no attribute {name!r}")
+
 
 __all__ = [
     "AugmentConfig",
     "DatasetCorruptError",
     "DatasetInfo",
     "DatasetNotFoundError",
+    "JigsawConfig",
     "MaskConfig",
     "augment_batch",
     "configure_tf",

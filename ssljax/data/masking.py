@@ -25,84 +25,13 @@ masked are our reading (see METHODS.md).
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
-import tensorflow as tf
-
-from ssljax.data.augment import fold_seed
+from ssljax.data._tf import tf
+from ssljax.data.ops import fold_seed
+from ssljax.data.specs import KINDS, MaskConfig, mask_config_from, num_masked  # noqa: F401
 
 __all__ = ["MaskConfig", "num_masked", "sample_masks", "mask_config_from"]
-
-KINDS = ("random", "block")
-
-
-@dataclasses.dataclass(frozen=True)
-class MaskConfig:
-    """Which views are masked and how.
-
-    Attributes:
-      ratio: fraction of the patches masked in a masked view, in [0, 1).
-      patch_size: side of the square patches in pixels; must divide the image size.
-      views: indices of the masked views (the others get all-False masks).
-      kind: ``'random'`` or ``'block'``.
-      num_blocks: number of blocks of a ``'block'`` mask.
-    """
-
-    ratio: float = 0.5
-    patch_size: int = 4
-    views: tuple[int, ...] = (0, 1)
-    kind: str = "random"
-    num_blocks: int = 1
-
-    def __post_init__(self):
-        if not 0.0 <= self.ratio < 1.0:
-            raise ValueError(f"mask ratio must be in [0, 1), got {self.ratio}; set "
-                             "--config.data.mask.ratio to a fraction such as 0.5.")
-        if self.kind not in KINDS:
-            raise ValueError(f"Unknown mask kind {self.kind!r}; use one of {KINDS}.")
-        if self.patch_size < 1 or self.num_blocks < 1:
-            raise ValueError("mask patch_size and num_blocks must be positive integers.")
-        object.__setattr__(self, "views", tuple(int(v) for v in self.views))
-
-    def grid(self, image_size: int) -> int:
-        """Patches per side for square images of side ``image_size``."""
-        if image_size % self.patch_size:
-            raise ValueError(f"The mask patch size {self.patch_size} must divide the image size "
-                             f"{image_size}; set --config.data.mask.patch_size to a divisor.")
-        return image_size // self.patch_size
-
-    def masked_count(self, image_size: int, view: int) -> int:
-        """How many patches of view ``view`` are masked (static)."""
-        return num_masked(self.ratio, self.grid(image_size) ** 2) if view in self.views else 0
-
-
-def mask_config_from(cfg: Mapping[str, Any] | None) -> MaskConfig | None:
-    """``config.data.mask`` as a :class:`MaskConfig`, or None when masking is off.
-
-    Masking is off when the section is absent or ``enabled`` is False. A ratio of 0 with
-    masking on still emits (all-False) masks, so the model's inputs keep their structure.
-    """
-    if cfg is None:
-        return None
-    fields = dict(cfg)
-    if not fields.pop("enabled", True):
-        return None
-    valid = [f.name for f in dataclasses.fields(MaskConfig)]
-    unknown = sorted(set(fields) - set(valid))
-    if unknown:
-        raise ValueError(f"Unknown mask key(s) {unknown}; valid keys are {valid + ['enabled']}.")
-    return MaskConfig(**fields)
-
-
-def num_masked(ratio: float, num_patches: int) -> int:
-    """Masked patches per image: ``round(ratio * num_patches)``.
-
-    >>> num_masked(0.5, 49), num_masked(0.75, 64), num_masked(0.0, 49)
-    (24, 48, 0)
-    """
-    return int(round(ratio * num_patches))
 
 
 def _rank_smallest(scores: tf.Tensor, count: int) -> tf.Tensor:

@@ -9,16 +9,16 @@ global batch does not depend on the number of processes that read it.
 
 from __future__ import annotations
 
-import collections
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax
 import numpy as np
-import tensorflow as tf
-
 from ssljax.data import augment as aug
+from ssljax.data import jigsaw as jig
 from ssljax.data import masking
+from ssljax.data._tf import tf
+from ssljax.data.transfer import global_iterator, to_global  # noqa: F401  (their old home)
 
 __all__ = [
     "configure_tf",
@@ -117,12 +117,10 @@ def _multi_view(images, seed, global_batch_size, start, configs, image_size, mea
 
 def _jigsaw_view(images, seed, global_batch_size, start, cfg, mean, std):
     """The jigsaw view of uint8 ``images`` (rows ``start:start+b`` of the global batch)."""
-    from ssljax.data import infomin_aug
     x = tf.cast(images, tf.float32) / 255.0
-    params = infomin_aug.sample_jigsaw(seed, global_batch_size, images.shape[1], images.shape[2],
-                                       cfg)
+    params = jig.sample_jigsaw(seed, global_batch_size, images.shape[1], images.shape[2], cfg)
     params = aug.slice_params(params, start, start + images.shape[0])
-    return _normalize(infomin_aug.jigsaw_patches(x, params, cfg), mean, std)
+    return _normalize(jig.jigsaw_patches(x, params, cfg), mean, std)
 
 
 def make_pretrain_dataset(
@@ -162,7 +160,7 @@ def make_pretrain_dataset(
       mean, std: per-channel normalisation in [0, 1] units.
       start_step: the first element is the batch of this step (resuming).
       process_index, process_count: this process and how many read.
-      jigsaw: an ``infomin_aug.JigsawConfig`` adds a PIRL jigsaw view of each example,
+      jigsaw: an ``ssljax.data.specs.JigsawConfig`` adds a PIRL jigsaw view of each example,
         ``'jigsaw': float32 [b, 9, P, P, C]`` (normalised like the views).
       mask: if given, each element also carries ``'masks'``: bool ``[b, V, S/p, S/p]``
         patch masks (:mod:`ssljax.data.masking`), drawn for the global batch from
@@ -316,10 +314,9 @@ def make_tfds_stream(
                 aug.fold_seed(crop_seed, i, v), 1, shape[1], shape[2], cfg.crop_scale, cfg.crop_ratio)
             views.append(aug.random_resized_crop(image, crop, image_size)[0])
         if jigsaw is not None:
-            from ssljax.data import infomin_aug
-            params = infomin_aug.sample_jigsaw(aug.fold_seed(crop_seed, i, _JIGSAW_TAG), 1, shape[1],
-                                               shape[2], jigsaw)
-            patches = _normalize(infomin_aug.jigsaw_patches(image, params, jigsaw), mean, std)[0]
+            params = jig.sample_jigsaw(aug.fold_seed(crop_seed, i, _JIGSAW_TAG), 1, shape[1],
+                                       shape[2], jigsaw)
+            patches = _normalize(jig.jigsaw_patches(image, params, jigsaw), mean, std)[0]
             return tf.stack(views), tf.cast(example["label"], tf.int32), patches
         return tf.stack(views), tf.cast(example["label"], tf.int32)
 
@@ -499,39 +496,3 @@ def make_tfds_eval_stream(
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.concatenate(padding).batch(local).prefetch(tf.data.AUTOTUNE)
     yield from ds.as_numpy_iterator()
-
-
-def to_global(batch: dict[str, Any], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-    """Turns this process's share of a batch into global arrays (batch axis 0).
-
-    Args:
-      batch: pytree of host arrays (numpy or tf tensors), leading dim = local batch.
-      sharding: e.g. ``NamedSharding(mesh, P('data'))``; used for every leaf.
-
-    Returns:
-      The same pytree of global ``jax.Array``s whose leading dim is the global batch.
-    """
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
-
-
-def global_iterator(
-    ds: tf.data.Dataset | Iterable[dict[str, Any]],
-    sharding: jax.sharding.Sharding,
-    *,
-    prefetch: int = 2,
-) -> Iterator[dict[str, jax.Array]]:
-    """Iterates a dataset as global arrays, ``prefetch`` batches ahead on device.
-
-    The host-to-device copies are asynchronous, so keeping a couple of batches in
-    flight overlaps the transfer with the running step.
-    """
-    source = ds.as_numpy_iterator() if isinstance(ds, tf.data.Dataset) else iter(ds)
-    queue: collections.deque = collections.deque()
-    for batch in source:
-        queue.append(to_global(batch, sharding))
-        if len(queue) > prefetch:
-            yield queue.popleft()
-    while queue:
-        yield queue.popleft()
-

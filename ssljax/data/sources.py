@@ -8,7 +8,6 @@ TFDS preparation. Other datasets come from TFDS and must have been prepared
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import gzip
 import os
@@ -16,6 +15,8 @@ import re
 import zlib
 
 import numpy as np
+
+from ssljax.data.specs import DatasetInfo, dataset_info  # noqa: F401  (their old home)
 
 __all__ = [
     "DatasetInfo",
@@ -39,94 +40,6 @@ _IDX_FILES = {
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is neither on disk nor prepared for TFDS; the message says how to get it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-    """Static facts about a dataset that the trainer and configs need.
-
-    Attributes:
-      name: canonical dataset name (the TFDS name).
-      num_classes: number of label classes.
-      image_shape: ``(H, W, C)`` of the images as stored (imagenet: the training size).
-      mean: per-channel mean in [0, 1] units, length C.
-      std: per-channel standard deviation in [0, 1] units, length C.
-      num_train: examples in ``train_split``.
-      num_test: examples in ``test_split``.
-      train_split: split used for supervised training / probes.
-      test_split: split used for evaluation.
-      pretrain_split: split used for self-supervised pre-training (STL-10 adds its
-        unlabelled images; labels there are -1).
-      num_pretrain: examples in ``pretrain_split``.
-      in_memory: whether :func:`load_arrays` is the intended reader (False: stream
-        with :func:`ssljax.data.pipeline.make_tfds_stream`).
-    """
-
-    name: str
-    num_classes: int
-    image_shape: tuple[int, int, int]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    num_train: int
-    num_test: int
-    train_split: str = "train"
-    test_split: str = "test"
-    pretrain_split: str = "train"
-    num_pretrain: int = 0
-    in_memory: bool = True
-
-
-_INFOS = {
-    info.name: info
-    for info in [
-        DatasetInfo(
-            name="fashion_mnist", num_classes=10, image_shape=(28, 28, 1),
-            mean=(0.2860,), std=(0.3530,), num_train=60_000, num_test=10_000,
-            num_pretrain=60_000),
-        DatasetInfo(  # ssljax.data.coloured: Fashion-MNIST tinted with random colours
-            name="coloured_fashion_mnist", num_classes=10, image_shape=(28, 28, 3),
-            mean=(0.1974, 0.1974, 0.1974), std=(0.2813, 0.2813, 0.2813), num_train=60_000,
-            num_test=10_000, num_pretrain=60_000),
-        DatasetInfo(
-            name="cifar10", num_classes=10, image_shape=(32, 32, 3),
-            mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-            num_train=50_000, num_test=10_000, num_pretrain=50_000),
-        DatasetInfo(
-            name="cifar100", num_classes=100, image_shape=(32, 32, 3),
-            mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
-            num_train=50_000, num_test=10_000, num_pretrain=50_000),
-        DatasetInfo(
-            name="stl10", num_classes=10, image_shape=(96, 96, 3),
-            mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713),
-            num_train=5_000, num_test=8_000,
-            pretrain_split="train+unlabelled", num_pretrain=105_000),
-        DatasetInfo(
-            name="imagenet2012", num_classes=1000, image_shape=(224, 224, 3),
-            mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-            num_train=1_281_167, num_test=50_000, test_split="validation",
-            num_pretrain=1_281_167, in_memory=False),
-    ]
-}
-
-
-def dataset_info(name: str) -> DatasetInfo:
-    """Returns the :class:`DatasetInfo` of a supported dataset.
-
-    Args:
-      name: one of ``fashion_mnist``, ``cifar10``, ``cifar100``, ``stl10``,
-        ``imagenet2012``.
-
-    Returns:
-      The dataset's static facts.
-
-    >>> dataset_info("cifar10").num_classes
-    10
-    """
-    try:
-        return _INFOS[name]
-    except KeyError:
-        raise ValueError(
-            f"Unknown dataset {name!r}; choose one of {sorted(_INFOS)}.") from None
 
 
 # ----------------------------------------------------------------------------- splits
@@ -253,6 +166,7 @@ def _slice_and_concat(parts, load):
 
 def _tfds_load_arrays(name: str, split: str, data_dir: str | None):
     """Loads a prepared TFDS dataset fully into memory, or raises DatasetNotFoundError."""
+    from ssljax.data import _tf  # noqa: F401  (TensorFlow off accelerators first)
     import tensorflow_datasets as tfds  # slow import, only when needed
 
     try:

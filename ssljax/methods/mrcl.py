@@ -32,6 +32,7 @@ import ml_collections
 
 from ssljax import losses, models
 from ssljax.config import ConfigError
+from ssljax.data.specs import dataset_info
 from ssljax.methods import base, register
 from ssljax.methods.simclr import build_projector
 
@@ -156,7 +157,7 @@ class MRCL(base.Method):
             raise ConfigError(f"With a ViT the mask patches are its tokens: set "
                               f"--config.data.mask.patch_size={backbone.patch_size} (now "
                               f"{self.patch}) or change model.patch_size.")
-        channels = 1 if config.data.name in ("fashion_mnist", "mnist") else 3
+        channels = dataset_info(config.data.name).image_shape[-1]
         decoder = (build_decoder(config, backbone, channels, dtype) if mc.lambda_rec > 0
                    else None)
         self.model = MRCLModel(backbone=backbone, head=build_projector(config.projector, dtype),

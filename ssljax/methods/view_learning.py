@@ -130,8 +130,8 @@ class _TwoViewBase(base.Method):
                                         head1=head(), head2=head())
 
     def unnormalise(self, x):
-        from ssljax import data
-        info = data.dataset_info(self.config.data.name)
+        from ssljax.data.specs import dataset_info
+        info = dataset_info(self.config.data.name)
         return x * jnp.asarray(info.std) + jnp.asarray(info.mean)
 
     def encode(self, params, batch_stats, v1, v2, *, train: bool):
@@ -211,16 +211,13 @@ class ViewLearning(_TwoViewBase):
 
 def load_generator(workdir: str) -> PyTree:
     """The generator parameters of the last checkpoint of an ``infomin_views`` run."""
-    import orbax.checkpoint as ocp
+    from ssljax import checkpoint
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(
-        directory) else []
-    if not steps:
+    found = checkpoint.restore_latest_state_on_host(directory)
+    if found is None:
         raise ConfigError(f"No checkpoint of an infomin_views run in {directory}; train one "
                           "with configs/infomin_views.py first, or pick a fixed views.space.")
-    restored = ocp.StandardCheckpointer().restore(os.path.join(directory, str(steps[-1]),
-                                                               "state"))
-    return jax.tree.map(np.asarray, restored["params"]["generator"])
+    return jax.tree.map(np.asarray, found[1]["params"]["generator"])
 
 
 @register
