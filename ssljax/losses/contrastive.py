@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from ssljax.losses._common import compute_dtype, l2_normalize
-from ssljax.losses.tiled import Precision, _mm, check_tiling, tiled_logsumexp
+from ssljax.losses.tiled import Precision, _mm, check_tiling, gram_logsumexp, tiled_logsumexp
 
 __all__ = ["nt_xent", "infonce", "supcon"]
 
@@ -27,6 +27,11 @@ def _check_pair(a: jax.Array, b: jax.Array, name: str) -> None:
     if a.ndim != 2 or a.shape != b.shape:
         raise ValueError(
             f"{name} needs two [N, D] arrays of the same shape; got {a.shape} and {b.shape}.")
+
+
+def _inv_norm(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """`1 / max(||x||, eps)` per row, as `l2_normalize` scales."""
+    return jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1), eps * eps))
 
 
 def _logsumexp(rows, cols, self_index, block_size, *, scale, row_block_size=None,
@@ -101,19 +106,24 @@ def nt_xent(
     check_tiling(block_size, row_block_size, precision, ring_axis, mesh)
     dtype = compute_dtype(z1, z2)
     n, dim = z1.shape
+    if block_size is not None:
+        # Tiles are read from z1 and z2 and normalised on the fly: neither the normalised
+        # nor the interleaved 2N x D matrix is built, and one gradient is accumulated.
+        z1, z2 = z1.astype(dtype), z2.astype(dtype)
+        inv1, inv2 = _inv_norm(z1), _inv_norm(z2)
+        positive = jnp.sum(z1 * z2, axis=-1) * (inv1 * inv2) / temperature
+        lse = gram_logsumexp((z1, z2), (inv1, inv2), scale=1.0 / temperature,
+                             block_size=block_size, row_block_size=row_block_size,
+                             precision=precision, ring_axis=ring_axis, mesh=mesh)
+        return jnp.mean(lse) - jnp.mean(positive)
     z1 = l2_normalize(z1.astype(dtype))
     z2 = l2_normalize(z2.astype(dtype))
     # Interleaved (z1[0], z2[0], z1[1], ...) rather than concatenated: a device that
     # holds rows i of z1 and z2 then holds rows 2i, 2i+1 of z, so sharding survives.
     z = jnp.stack([z1, z2], axis=1).reshape(2 * n, dim)
     positive = jnp.sum(z1 * z2, axis=-1) / temperature
-    tiling = dict(row_block_size=row_block_size, precision=precision, ring_axis=ring_axis,
-                  mesh=mesh)
-    if block_size is None:  # the dense path, exactly as before
-        lse = _logsumexp(z / temperature, z, jnp.arange(2 * n), None, scale=1.0, **tiling)
-    else:  # one matrix and the scale: no second 2N x D copy, one gradient
-        lse = _logsumexp(z, None, "diagonal", block_size, scale=1.0 / temperature,
-                         **tiling)
+    lse = _logsumexp(z / temperature, z, jnp.arange(2 * n), None, scale=1.0,
+                     precision=precision)
     # Both anchors of a pair share the same positive logit, so mean over N = mean over 2N.
     return jnp.mean(lse) - jnp.mean(positive)
 
@@ -185,6 +195,26 @@ def infonce(
     tiling = dict(row_block_size=row_block_size, precision=precision, ring_axis=ring_axis,
                   mesh=mesh)
     dtype = compute_dtype(query, key, *(() if queue is None else (queue,)))
+    if queue is not None and (queue.ndim != 2 or queue.shape[1] != query.shape[1]):
+        raise ValueError(f"infonce needs queue [K, {query.shape[1]}]; got {queue.shape}.")
+    if block_size is not None:
+        # Tiles are normalised on the fly (multipliers 1 / ||x||): no normalised N x D copy.
+        q, k = query.astype(dtype), key.astype(dtype)
+        inv_q, inv_k = _inv_norm(q), _inv_norm(k)
+        if stop_gradient_key:
+            k, inv_k = jax.lax.stop_gradient(k), jax.lax.stop_gradient(inv_k)
+        positive = jnp.sum(q * k, axis=-1) * (inv_q * inv_k) / temperature
+        if queue is None:
+            cols, inv_c, cols_grad = k, inv_k, not stop_gradient_key
+        else:
+            cols = jax.lax.stop_gradient(queue.astype(dtype))
+            inv_c, cols_grad = _inv_norm(cols), False
+        lse = tiled_logsumexp(q, cols, block_size=block_size, scale=1.0 / temperature,
+                              row_multipliers=inv_q, col_multipliers=inv_c,
+                              cols_grad=cols_grad, **tiling)
+        if queue is not None:
+            lse = jnp.logaddexp(positive, lse)
+        return jnp.mean(lse - positive)
     q = l2_normalize(query.astype(dtype))
     k = l2_normalize(key.astype(dtype))
     if stop_gradient_key:
@@ -194,8 +224,6 @@ def infonce(
         lse = _logsumexp(q / temperature, k, None, block_size, scale=1.0,
                          cols_grad=not stop_gradient_key, **tiling)
     else:
-        if queue.ndim != 2 or queue.shape[1] != q.shape[1]:
-            raise ValueError(f"infonce needs queue [K, {q.shape[1]}]; got {queue.shape}.")
         negatives = jax.lax.stop_gradient(l2_normalize(queue.astype(dtype)))
         lse = jnp.logaddexp(positive, _logsumexp(q / temperature, negatives, None, block_size,
                                                  scale=1.0, cols_grad=False, **tiling))
@@ -327,9 +355,11 @@ def supcon(
                   mesh=mesh)
     if block_size is None:  # the dense path, exactly as before
         lse = _logsumexp(anchor / temperature, contrast, anchor_cols, None, scale=1.0, **tiling)
-    elif views == tuple(range(v)):  # every embedding anchors: the Gram matrix and the scale
-        lse = _logsumexp(contrast, None, "diagonal", block_size, scale=1.0 / temperature,
-                         **tiling)
+    elif views == tuple(range(v)):  # every embedding anchors: the Gram matrix and the scale,
+        # tiles normalised on the fly from the raw features (a reshape, no copy).
+        raw = features.astype(dtype).reshape(b * v, dim)
+        lse = gram_logsumexp((raw,), (_inv_norm(raw),), scale=1.0 / temperature,
+                             block_size=block_size, **tiling)
     else:
         lse = _logsumexp(anchor, contrast, anchor_cols, block_size, scale=1.0 / temperature,
                          **tiling)

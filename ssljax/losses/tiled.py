@@ -88,6 +88,8 @@ def tiled_logsumexp(
     ring_axis: str | None = None,
     mesh: Mesh | None = None,
     cols_grad: bool = True,
+    row_multipliers: jax.Array | None = None,
+    col_multipliers: jax.Array | None = None,
 ) -> jax.Array:
     """Row-wise `logsumexp(scale * rows @ cols.T)` without building the `[M, C]` matrix.
 
@@ -111,14 +113,20 @@ def tiled_logsumexp(
         precision: the matrix products' inputs: "float32" (default, exact float32),
             "tensorfloat32" (TF32 on GPUs that have it; float32 elsewhere) or "bfloat16"
             (inputs rounded to bfloat16). Products always accumulate in float32 (float64
-            for float64 inputs) and the log-sum-exp is float32. Error against float64 at
-            M = C = 65,536, D = 128, unit vectors, scale 10: float32 ~1e-6, TF32 ~4e-4,
-            bfloat16 ~3e-3 (absolute, in nats; experiments/losses_benchmark.md).
+            for float64 inputs) and the log-sum-exp is float32. Measured against float64
+            (in-batch InfoNCE, N = 65,536, D = 128, temperature 0.1, block 1024; largest
+            error of a row's log-sum-exp / of the loss, in nats; gradient: largest error
+            over largest entry, at N = 8,192): float32 1.4e-6 / 3.6e-7 / 1.2e-6; TF32
+            (emulated on the CPU) 4.4e-5 / 1.2e-7 / 7.4e-4; bfloat16 1.8e-3 / 3.2e-6 /
+            2.8e-3 (experiments/bench_losses_precision.py).
         ring_axis: name of a mesh axis over which rows and cols are sharded; the loss then
             runs as a ring (see the module docstring): M and C must divide by the axis size.
         mesh: the mesh holding `ring_axis`; None for the mesh set with `jax.set_mesh`.
         cols_grad: False when `cols` carries no gradient (a MoCo queue, a stop-gradient
             key): the backward pass then skips the column products and returns zeros.
+        row_multipliers, col_multipliers: optional `[M]` / `[C]` factors applied to each
+            row / column as its tile is read (differentiable), e.g. inverse norms: cosine
+            similarities without building the normalised N x D matrices.
 
     Returns:
         `[M]` array, `log(sum_{j != self_index[i]} exp(scale * rows[i] . cols[j]))`, in
@@ -164,27 +172,95 @@ def tiled_logsumexp(
             raise ValueError(f"self_index must be [M] = [{rows.shape[0]}] integers; got "
                              f"{self_index.shape} {self_index.dtype}.")
         self_index = self_index.astype(jnp.int32)
+    mult = []
+    for name, m, n in (("row_multipliers", row_multipliers, rows.shape[0]),
+                       ("col_multipliers", col_multipliers, None if gram else num_cols)):
+        if m is not None and (n is None or jnp.shape(m) != (n,)):
+            raise ValueError(f"{name} must be [{n}] (one factor per "
+                             f"{'row' if name[0] == 'r' else 'column'}; none for cols=None); "
+                             f"got {jnp.shape(m)}.")
+        mult.append(None if m is None else (jnp.asarray(m, dtype),))
+    return _dispatch(((rows,), mult[0]), None if gram else ((cols,), mult[1]), scale,
+                     self_index, diagonal,
+                     block_size=block_size, row_block_size=row_block_size, precision=precision,
+                     ring_axis=ring_axis, mesh=mesh, cols_grad=bool(cols_grad) or gram)
+
+
+def gram_logsumexp(
+    views: tuple[jax.Array, ...],
+    inv_norms: tuple[jax.Array, ...] | None = None,
+    *,
+    scale: float | jax.Array,
+    block_size: int,
+    row_block_size: int | None = None,
+    precision: Precision = "float32",
+    ring_axis: str | None = None,
+    mesh: Mesh | None = None,
+) -> jax.Array:
+    """`tiled_logsumexp` of the Gram matrix of interleaved views, self left out.
+
+    The rows are `x = stack(views, 1).reshape(V * N, D)` (row `V * i + v` is `views[v][i]`),
+    each multiplied by `inv_norms[v][i]` if given (e.g. `1 / ||views[v][i]||`), and row i
+    leaves out column i. Neither the interleaved nor the normalised matrix is ever built:
+    tiles are read from the views themselves, so the only N x D temporary is the gradient
+    (what lets NT-Xent at N = 1,048,576 pairs, D = 128, fit 2 GiB).
+
+    Args:
+        views: V arrays `[N, D]` (NT-Xent: `(z1, z2)`; SupCon: `(features.reshape(B*V, D),)`).
+        inv_norms: None, or V arrays `[N]` multiplying the rows (differentiable).
+        scale, block_size, row_block_size, precision, ring_axis, mesh: as `tiled_logsumexp`.
+
+    Returns:
+        `[V * N]` log-sum-exps, in the interleaved order.
+    """
+    check_tiling(block_size, row_block_size, precision, ring_axis, mesh)
+    views = tuple(views)
+    if not views or any(v.ndim != 2 or v.shape != views[0].shape for v in views):
+        raise ValueError("gram_logsumexp needs views of one shape [N, D]; got "
+                         f"{[v.shape for v in views]}.")
+    if inv_norms is not None:
+        inv_norms = tuple(inv_norms)
+        if len(inv_norms) != len(views) or any(w.shape != views[0].shape[:1]
+                                               for w in inv_norms):
+            raise ValueError(f"inv_norms must be {len(views)} arrays [{views[0].shape[0]}]; "
+                             f"got {[w.shape for w in inv_norms]}.")
+    dtype = compute_dtype(*views)
+    views = tuple(v.astype(dtype) for v in views)
+    if inv_norms is not None:
+        inv_norms = tuple(w.astype(dtype) for w in inv_norms)
+    return _dispatch((views, inv_norms), None, scale, None, True, block_size=block_size,
+                     row_block_size=row_block_size, precision=precision, ring_axis=ring_axis,
+                     mesh=mesh, cols_grad=True)
+
+
+def _dispatch(rows, cols, scale, self_index, diagonal, *, block_size, row_block_size, precision,
+              ring_axis, mesh, cols_grad):
+    views, _ = rows
+    dtype = views[0].dtype
+    per_view = views[0].shape[0]
+    num_rows = len(views) * per_view
+    num_cols = num_rows if cols is None else cols[0][0].shape[0]
     scale = jnp.asarray(scale, dtype)
     if scale.ndim != 0:
         raise ValueError(f"scale must be a scalar; got shape {scale.shape}.")
     row_block = int(row_block_size or block_size)
-    cfg = _Cfg(row_block=min(row_block, rows.shape[0]), col_block=min(int(block_size), num_cols),
-               precision=precision, cols_grad=bool(cols_grad) or gram, gram=gram,
-               diagonal=diagonal)
+    d = 1
+    if ring_axis is not None:
+        mesh = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
+        d = mesh.shape[ring_axis]
+        if per_view % d or num_cols % d:
+            raise ValueError(
+                f"ring_axis={ring_axis!r} shards rows and cols over {d} devices: the batch "
+                f"({per_view} rows, {num_cols} cols) must divide by {d}; pad it or change "
+                "the batch size.")
+    cfg = _Cfg(row_block=min(row_block, per_view // d),
+               col_block=min(int(block_size), num_cols // d),
+               precision=precision, cols_grad=cols_grad, num_rows=num_rows // d,
+               num_cols=num_cols // d, gram=cols is None, diagonal=diagonal)
+    if cfg.gram and len(views) > 1:
+        cfg = cfg._replace(col_block=cfg.row_block)  # columns are read as the rows' tiles
     if ring_axis is None:
-        cfg = cfg._replace(num_rows=rows.shape[0], num_cols=num_cols)
         return _lse(rows, cols, scale, self_index, cfg)
-    mesh = mesh if mesh is not None else jax.sharding.get_abstract_mesh()
-    d = mesh.shape[ring_axis]
-    if rows.shape[0] % d or num_cols % d:
-        raise ValueError(
-            f"ring_axis={ring_axis!r} shards rows and cols over {d} devices: the batch "
-            f"({rows.shape[0]} rows, {num_cols} cols) must divide by {d}; pad it or change "
-            "the batch size.")
-    local_rows = rows.shape[0] // d
-    cfg = cfg._replace(row_block=min(row_block, local_rows),
-                       col_block=min(int(block_size), num_cols // d),
-                       num_rows=local_rows, num_cols=num_cols // d)
     return _ring_lse(rows, cols, scale, self_index, cfg, _MeshAxis(mesh, ring_axis))
 
 
@@ -210,9 +286,11 @@ class _MeshAxis(NamedTuple):
 # (k, b) = row k * n_blocks + b: block b is the strided slice [:, b], read and written in
 # place by the loops (a transposed copy of the N x D embeddings would cost N x D).
 
-def _to_blocks(x: jax.Array, block: int) -> jax.Array:
+def _to_blocks(x: jax.Array, block: int, n_blocks: int | None = None) -> jax.Array:
+    """`[n, ...]` -> `[block, n_blocks, ...]`, zero-padded (-1 for integers); `n_blocks`
+    larger than needed for the interleaved layout of `_Blocks` with several views."""
     n = x.shape[0]
-    n_blocks = math.ceil(n / block)
+    n_blocks = n_blocks or math.ceil(n / block)
     if n_blocks * block != n:
         x = jnp.pad(x, ((0, n_blocks * block - n),) + ((0, 0),) * (x.ndim - 1),
                     constant_values=-1 if jnp.issubdtype(x.dtype, jnp.integer) else 0)
@@ -244,6 +322,60 @@ def _mm(a: jax.Array, b: jax.Array, contract: tuple[int, int], precision: str,
                                precision=prec, preferred_element_type=out_dtype)
 
 
+class _Blocks(NamedTuple):
+    """Row tiles read from V interleaved views (row V * i + v is `views[v][i]`), each row
+    times `inv[v][i]` if given. Block b is block b // V of view b % V, so the element
+    (k, b) is row k * n_blocks + b, as for a single array."""
+    views: tuple  # V arrays [block, n_blocks / V, D]
+    inv: tuple | None  # V arrays [block, n_blocks / V], or None
+
+
+def _blocks_of(rows, block: int) -> _Blocks:
+    views, inv = rows
+    return _Blocks(tuple(_to_blocks(v, block) for v in views),
+                   None if inv is None else tuple(_to_blocks(w, block) for w in inv))
+
+
+def _bsize(xb: _Blocks) -> int:
+    return xb.views[0].shape[0]
+
+
+def _nblocks(xb: _Blocks) -> int:
+    return len(xb.views) * xb.views[0].shape[1]
+
+
+def _read(xb: _Blocks, b) -> jax.Array:
+    """Tile b, [block, D]: the rows of its view, times their multipliers."""
+    n_views = len(xb.views)
+    view, bb = (0, b) if n_views == 1 else (b % n_views, b // n_views)
+
+    def pick(arrays):
+        x = _get(arrays[0], bb)
+        for i in range(1, n_views):
+            x = jnp.where(view == i, _get(arrays[i], bb), x)
+        return x
+
+    x = pick(xb.views)
+    return x if xb.inv is None else x * pick(xb.inv)[:, None]
+
+
+def _rows_cotangent(rows, d_x):
+    """Cotangent of (views, inv) from that of the interleaved rows x, [V * N, D]."""
+    views, inv = rows
+    n, dim = views[0].shape
+    d_x = d_x.reshape(n, len(views), dim)
+    d_views = tuple(d_x[:, v] if inv is None else d_x[:, v] * inv[v][:, None]
+                    for v in range(len(views)))
+    d_inv = None if inv is None else tuple(jnp.sum(views[v] * d_x[:, v], axis=1)
+                                           for v in range(len(views)))
+    return d_views, d_inv
+
+
+def _unblock_rows(rb: _Blocks, per_view: int):
+    return (tuple(_from_blocks(v, per_view) for v in rb.views),
+            None if rb.inv is None else tuple(_from_blocks(w, per_view) for w in rb.inv))
+
+
 class _Diagonal(NamedTuple):
     """`self_index[i] = offset + i`, without an [M] array."""
     offset: jax.Array
@@ -252,7 +384,7 @@ class _Diagonal(NamedTuple):
 def _self_ids(self_b, b, rb):
     """The left-out column of each row of row block b (None: none)."""
     if isinstance(self_b, _Diagonal):
-        return self_b.offset + jnp.arange(rb.shape[0], dtype=jnp.int32) * rb.shape[1] + b
+        return self_b.offset + jnp.arange(_bsize(rb), dtype=jnp.int32) * _nblocks(rb) + b
     return _get(self_b, b)
 
 
@@ -274,17 +406,17 @@ def _tile_logits(r, c, j, n_cblocks, sidx, col_offset, num_cols, precision):
 
 
 def _block_stats(rb, cb, scale, self_b, col_offset, num_cols, precision, m0, s0):
-    """Running (max, sum of exp) per row of `rb` [Br, Rb, D] over the column tiles of
-    `cb` [Bc, Cb, D], continuing from (m0, s0) [Br, Rb]."""
-    n_cblocks = cb.shape[1]
+    """Running (max, sum of exp) per row of the row tiles `rb` over the column tiles `cb`
+    (both `_Blocks`), continuing from (m0, s0) [Br, Rb]."""
+    n_cblocks = _nblocks(cb)
 
     def row_step(_, b):
-        r = _get(rb, b) * scale
+        r = _read(rb, b) * scale
         sidx = _self_ids(self_b, b, rb)
 
         def col_step(carry, j):
             m, s = carry
-            logits = _tile_logits(r, _get(cb, j), j, n_cblocks, sidx, col_offset, num_cols,
+            logits = _tile_logits(r, _read(cb, j), j, n_cblocks, sidx, col_offset, num_cols,
                                   precision)
             new_max = jnp.maximum(m, jnp.max(logits, axis=1))
             # A row whose columns so far are all left out has max -inf; shift by 0 instead
@@ -297,7 +429,7 @@ def _block_stats(rb, cb, scale, self_b, col_offset, num_cols, precision, m0, s0)
                                  jnp.arange(n_cblocks, dtype=jnp.int32))
         return None, (m, s)
 
-    _, (m, s) = jax.lax.scan(row_step, None, jnp.arange(rb.shape[1], dtype=jnp.int32))
+    _, (m, s) = jax.lax.scan(row_step, None, jnp.arange(_nblocks(rb), dtype=jnp.int32))
     return m.T, s.T
 
 
@@ -310,22 +442,22 @@ def _block_grads(rb, cb, scale, self_b, col_offset, num_cols, precision, lse_b, 
     """Backward over all tiles of rows `rb` x cols `cb`, w_ij = g_i softmax_ij.
 
     Adds sum_j w_ij c_j to `accb` [Br, Rb, D] (None: into `dcb` times `scale`, for a Gram
-    matrix whose rows and columns are one blocked array), sum_i w_ij (scale r_i) to `dcb`
+    matrix whose rows and columns are the same tiles), sum_i w_ij (scale r_i) to `dcb`
     [Bc, Cb, D] (None: the columns need no gradient), and sum_ij w_ij s_ij / scale to
     `d_scale`; returns the three.
     """
-    n_cblocks = cb.shape[1]
+    n_cblocks = _nblocks(cb)
     safe_lse = jnp.where(jnp.isfinite(lse_b), lse_b, 0.0)
 
     def row_step(carry, b):
         accb, dcb, d_scale = carry
-        r = _get(rb, b)
+        r = _read(rb, b)
         rs = r * scale
         sidx, lse, g = _self_ids(self_b, b, rb), _get(safe_lse, b), _get(g_b, b)
 
         def col_step(carry, j):
             acc, dcb = carry
-            c = _get(cb, j)
+            c = _read(cb, j)
             logits = _tile_logits(rs, c, j, n_cblocks, sidx, col_offset, num_cols, precision)
             # The softmax of this tile, recomputed; d lse_i / d s_ij = p_ij.
             w = jnp.exp(logits - lse[:, None]) * g[:, None]
@@ -344,21 +476,42 @@ def _block_grads(rb, cb, scale, self_b, col_offset, num_cols, precision, lse_b, 
         return (accb, dcb, d_scale), None
 
     (accb, dcb, d_scale), _ = jax.lax.scan(row_step, (accb, dcb, d_scale),
-                                           jnp.arange(rb.shape[1], dtype=jnp.int32))
+                                           jnp.arange(_nblocks(rb), dtype=jnp.int32))
     return accb, dcb, d_scale
 
 
+def _zeros(xb: _Blocks) -> jax.Array:
+    """A gradient accumulator for the tiles of `xb`: [block, n_blocks, D]."""
+    return jnp.zeros((_bsize(xb), _nblocks(xb), xb.views[0].shape[-1]), xb.views[0].dtype)
+
+
 def _layout(rows, cols, self_index, cfg, row_offset=0):
-    """Blocked rows, blocked cols (the same array for a Gram matrix with one block size)
-    and the left-out columns (`row_offset`: the first row's global index)."""
-    rb = _to_blocks(rows, cfg.row_block)
+    """Row tiles, column tiles (the same for a Gram matrix with one block size) and the
+    left-out columns (`row_offset`: the first row's global index)."""
+    rb = _blocks_of(rows, cfg.row_block)
     shared = cols is None and cfg.row_block == cfg.col_block
-    cb = rb if shared else _to_blocks(rows if cols is None else cols, cfg.col_block)
+    if shared:
+        cb = rb
+    else:
+        cb = _blocks_of(rows if cols is None else cols, cfg.col_block)
     if cfg.diagonal:
         self_b = _Diagonal(jnp.asarray(row_offset, jnp.int32))
     else:
         self_b = None if self_index is None else _to_blocks(self_index, cfg.row_block)
     return rb, cb, self_b, shared
+
+
+def _grads_out(cfg, rows, cols, accb, dcb, scale):
+    """(d rows, d cols), each as (views, multipliers), from the accumulators."""
+    if cfg.gram:
+        d_x = _from_blocks(dcb, cfg.num_cols)
+        if accb is not None:
+            d_x = d_x + _from_blocks(accb, cfg.num_rows) * scale
+        return _rows_cotangent(rows, d_x), None
+    d_rows = _rows_cotangent(rows, _from_blocks(accb, cfg.num_rows) * scale)
+    if dcb is None:  # no gradient for the columns: zeros (the caller stops it anyway)
+        return d_rows, jax.tree.map(jnp.zeros_like, cols)
+    return d_rows, _rows_cotangent(cols, _from_blocks(dcb, cfg.num_cols))
 
 
 # ----------------------------------------------------------------------------------------
@@ -371,10 +524,11 @@ def _lse(rows, cols, scale, self_index, cfg):
 
 def _lse_fwd(rows, cols, scale, self_index, cfg):
     rb, cb, self_b, shared = _layout(rows, cols, self_index, cfg)
-    init = (jnp.full(rb.shape[:2], -jnp.inf, rows.dtype), jnp.zeros(rb.shape[:2], rows.dtype))
+    init = (jnp.full((_bsize(rb), _nblocks(rb)), -jnp.inf, scale.dtype),
+            jnp.zeros((_bsize(rb), _nblocks(rb)), scale.dtype))
     m, s = _block_stats(rb, cb, scale, self_b, 0, cfg.num_cols, cfg.precision, *init)
     lse_b = _finish(m, s)
-    # Residuals: the blocked inputs themselves (a reshape of the inputs, unless padded).
+    # Residuals: the tiles' arrays themselves (reshapes of the inputs, unless padded).
     return _from_blocks(lse_b, cfg.num_rows), (rb, None if shared else cb, scale, self_b, lse_b)
 
 
@@ -382,17 +536,14 @@ def _lse_bwd(cfg, residuals, g):
     rb, cb, scale, self_b, lse_b = residuals
     shared = cb is None
     cb = rb if shared else cb
-    dcb = jnp.zeros_like(cb) if (cfg.cols_grad or cfg.gram) else None
-    accb = None if shared else jnp.zeros_like(rb)
+    dcb = _zeros(cb) if cfg.cols_grad else None
+    accb = None if shared else _zeros(rb)
     accb, dcb, d_scale = _block_grads(
         rb, cb, scale, self_b, 0, cfg.num_cols, cfg.precision, lse_b,
-        _to_blocks(g, cfg.row_block), accb, dcb, jnp.zeros((), rb.dtype))
-    d_cols = None if dcb is None else _from_blocks(dcb, cfg.num_cols)
-    if shared:
-        return d_cols, None, d_scale, None
-    d_rows = _from_blocks(accb, cfg.num_rows) * scale
-    if cfg.gram:
-        return d_rows + d_cols, None, d_scale, None
+        _to_blocks(g, cfg.row_block, _nblocks(rb)), accb, dcb, jnp.zeros((), scale.dtype))
+    rows = _unblock_rows(rb, cfg.num_rows // len(rb.views))
+    cols = None if cfg.gram else _unblock_rows(cb, cfg.num_cols)
+    d_rows, d_cols = _grads_out(cfg, rows, cols, accb, dcb, scale)
     return d_rows, d_cols, d_scale, None
 
 
@@ -402,9 +553,10 @@ _lse.defvjp(_lse_fwd, _lse_bwd)
 # ----------------------------------------------------------------------------------------
 # The ring: rows and cols sharded over `axis`; column tiles travel device i -> i + 1.
 
-def _ring_specs(cols, self_index, axis):
-    return (P(axis), None if cols is None else P(axis), P(),
-            None if self_index is None else P(axis))
+def _ring_specs(rows, cols, self_index, axis):
+    def spec(x):
+        return None if x is None else jax.tree.map(lambda _: P(axis), x)
+    return spec(rows), spec(cols), P(), None if self_index is None else P(axis)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
@@ -428,15 +580,15 @@ def _ring_fwd(rows, cols, scale, self_index, cfg, where):
                                 cfg.precision, m, s)
             return (m, s, jax.lax.ppermute(cb, axis, perm)), None
 
-        init = (jnp.full(rb.shape[:2], -jnp.inf, rows.dtype),
-                jnp.zeros(rb.shape[:2], rows.dtype), cb)
+        init = (jnp.full((_bsize(rb), _nblocks(rb)), -jnp.inf, scale.dtype),
+                jnp.zeros((_bsize(rb), _nblocks(rb)), scale.dtype), cb)
         # d - 1 hops: the last slice is used where it arrives.
         (m, s, cb), _ = jax.lax.scan(step, init, jnp.arange(d - 1))
         m, s = _block_stats(rb, cb, scale, self_b, ((me + 1) % d) * cfg.num_cols, cfg.num_cols,
                             cfg.precision, m, s)
         return _from_blocks(_finish(m, s), cfg.num_rows)
 
-    lse = jax.shard_map(body, mesh=mesh, in_specs=_ring_specs(cols, self_index, axis),
+    lse = jax.shard_map(body, mesh=mesh, in_specs=_ring_specs(rows, cols, self_index, axis),
                         out_specs=P(axis), check_vma=False)(rows, cols, scale, self_index)
     return lse, (rows, cols, scale, self_index, lse)
 
@@ -446,12 +598,12 @@ def _ring_bwd(cfg, where, residuals, g):
     mesh, axis = where
     d = mesh.shape[axis]
     perm = [(i, (i + 1) % d) for i in range(d)]
-    need_dcb = cfg.gram or cfg.cols_grad
 
     def body(rows, cols, scale, self_index, lse, g):
         me = jax.lax.axis_index(axis)
         rb, cb, self_b, _ = _layout(rows, cols, self_index, cfg, me * cfg.num_rows)
-        lse_b, g_b = _to_blocks(lse, cfg.row_block), _to_blocks(g, cfg.row_block)
+        nb = _nblocks(rb)
+        lse_b, g_b = _to_blocks(lse, cfg.row_block, nb), _to_blocks(g, cfg.row_block, nb)
 
         def step(carry, k):
             accb, d_scale, cb, dcb = carry
@@ -465,22 +617,18 @@ def _ring_bwd(cfg, where, residuals, g):
                 dcb = jax.lax.ppermute(dcb, axis, perm)
             return (accb, d_scale, cb, dcb), None
 
-        init = (jnp.zeros_like(rb), jnp.zeros((), rows.dtype), cb,
-                jnp.zeros_like(cb) if need_dcb else None)
+        init = (_zeros(rb), jnp.zeros((), scale.dtype), cb,
+                _zeros(cb) if cfg.cols_grad else None)
         (accb, d_scale, _, dcb), _ = jax.lax.scan(step, init, jnp.arange(d))
-        d_rows = _from_blocks(accb, cfg.num_rows) * scale
-        d_cols = None if dcb is None else _from_blocks(dcb, cfg.num_cols)
-        if cfg.gram:
-            d_rows, d_cols = d_rows + d_cols, None
+        d_rows, d_cols = _grads_out(cfg, rows, cols, accb, dcb, scale)
         return d_rows, d_cols, d_scale[None]
 
-    in_specs = _ring_specs(cols, self_index, axis) + (P(axis), P(axis))
+    row_spec, col_spec = _ring_specs(rows, cols, self_index, axis)[:2]
+    in_specs = _ring_specs(rows, cols, self_index, axis) + (P(axis), P(axis))
     d_rows, d_cols, d_scale = jax.shard_map(
         body, mesh=mesh, in_specs=in_specs,
-        out_specs=(P(axis), None if (cfg.gram or not need_dcb) else P(axis), P(axis)),
+        out_specs=(row_spec, col_spec, P(axis)),
         check_vma=False)(rows, cols, scale, self_index, lse, g)
-    if not cfg.gram and d_cols is None:
-        d_cols = jnp.zeros_like(cols)
     return d_rows, d_cols, jnp.sum(d_scale), None
 
 
