@@ -257,8 +257,6 @@ def _dispatch(rows, cols, scale, self_index, diagonal, *, block_size, row_block_
                col_block=min(int(block_size), num_cols // d),
                precision=precision, cols_grad=cols_grad, num_rows=num_rows // d,
                num_cols=num_cols // d, gram=cols is None, diagonal=diagonal)
-    if cfg.gram and len(views) > 1:
-        cfg = cfg._replace(col_block=cfg.row_block)  # columns are read as the rows' tiles
     if ring_axis is None:
         return _lse(rows, cols, scale, self_index, cfg)
     return _ring_lse(rows, cols, scale, self_index, cfg, _MeshAxis(mesh, ring_axis))
