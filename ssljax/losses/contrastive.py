@@ -3,7 +3,8 @@
 All three are written on the global batch. Under `jax.jit` with the batch sharded
 over a mesh axis, the compiler gathers the (N x D) embeddings for the negatives, so
 negatives span every device; no N x N matrix crosses devices. With `block_size`
-set, the similarity matrix is never materialised at all (see `ssljax.losses.tiled`).
+set, the similarity matrix is never materialised at all, in low precision if asked,
+and with `ring_axis` as a ring over the devices (see `ssljax.losses.tiled`).
 """
 from __future__ import annotations
 
@@ -305,7 +306,8 @@ def supcon(
         block_size: if set, compute the denominators tile by tile with a custom VJP (the
             (B*V) x (B*V) logits are never materialised); same value and gradient.
         row_block_size, precision, ring_axis, mesh: see `infonce` (with `ring_axis`, B
-            must divide by the axis size).
+            must divide by the axis size; with labels too, the per-class positive sums
+            are left to the compiler, which gathers the embeddings once).
 
     Returns:
         Scalar float32 loss (float64 for float64 inputs).

@@ -13,21 +13,29 @@ the backward pass, accumulating the column gradient across row blocks. Temporary
 memory is O((M + C) x D + row_block_size x block_size): independent of M x C and of
 block x N.
 
-Three ways to run it:
+Ways to run it:
 
-* one device (or `jax.jit` with the batch sharded over a mesh: the compiler gathers
-  the N x D columns; every device holds N x D, its rows' share of each tile);
+* one device, or `jax.jit` with the batch sharded over a mesh axis. Rows and columns
+  are cut into *strided* blocks (block b holds rows b, b + n_blocks, b + 2 n_blocks, ...),
+  so every block has rows on every device and the sharding survives: each device
+  computes its rows' share of each tile, and the compiler all-gathers one column tile
+  at a time (and all-reduces its gradient). Per-device temporaries stay small
+  (O(N x D / devices + tiles)) but every column tile crosses the network once per row
+  block: traffic O(N^2 D / block_size) per device.
 * `ring_axis=`: an explicit ring over the devices of a mesh axis (Inf-CL style, a
   `jax.shard_map` with `jax.lax.ppermute`): each device keeps its own rows and column
-  slice, and the column tiles travel around the ring (with their gradient, in the
+  slice, and the column slices travel around the ring (with their gradient, in the
   backward pass), so no device ever holds the whole N x D matrix: per-device
-  temporaries O(N x D / devices + row_block_size x block_size);
+  temporaries O(N x D / devices + row_block_size x block_size), traffic O(N x D) per
+  device (each slice moves devices - 1 times forward, devices times backward).
 * `precision=`: float32 products (default), TF32 or bfloat16 products, always with
   float32 accumulation and a float32 log-sum-exp (errors in `tiled_logsumexp`).
 
-Rows and columns are cut into *strided* blocks (block b holds rows b, b + n_blocks,
-b + 2 n_blocks, ...), so that when the rows are sharded in contiguous slices over a
-mesh axis every block has rows on every device and sharding survives the reshape.
+`gram_logsumexp` reads the tiles of a Gram matrix from several views (NT-Xent's z1 and
+z2) and multiplies each row by a factor as it is read (1 / ||z||), so the normalised,
+interleaved 2N x D matrix is never built: the gradient accumulator is the only N x D
+temporary. The tiles are read in place from the reshaped inputs (`[block, n_blocks, D]`,
+no transposed copy).
 """
 from __future__ import annotations
 
@@ -41,7 +49,7 @@ from jax.sharding import Mesh, PartitionSpec as P
 
 from ssljax.losses._common import compute_dtype
 
-__all__ = ["tiled_logsumexp", "PRECISIONS"]
+__all__ = ["PRECISIONS", "gram_logsumexp", "tiled_logsumexp"]
 
 Precision = Literal["float32", "tensorfloat32", "bfloat16"]
 PRECISIONS: tuple[str, ...] = ("float32", "tensorfloat32", "bfloat16")
