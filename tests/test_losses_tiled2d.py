@@ -318,3 +318,15 @@ def test_ring_per_device_memory(mesh, name):
         ring = temp(n, block_size=block, ring_axis="data", mesh=mesh)
         assert ring <= 12 * local_slice + 8 * block * block * 4, (n, ring, local_slice)
     assert temp(2048) >= (2 * 2048 // 8 if name == "nt_xent" else 2048 // 8) * 2048 * 4
+
+
+def test_ring_takes_the_mesh_from_set_mesh(mesh):
+    r = _rng(6)
+    z1, z2 = (jnp.asarray(r.normal(size=(64, 8)), jnp.float32) for _ in range(2))
+    want = fast_jit(lambda a, b: L.nt_xent(a, b, temperature=0.1))(z1, z2)
+    sharded = NamedSharding(mesh, P("data"))
+    with jax.set_mesh(mesh):
+        got = fast_jit(lambda a, b: L.nt_xent(a, b, temperature=0.1, block_size=4,
+                                              ring_axis="data"))(
+            jax.device_put(z1, sharded), jax.device_put(z2, sharded))
+    np.testing.assert_allclose(float(got), float(want), rtol=2e-6)
