@@ -10,14 +10,15 @@ devices by construction: the compiler inserts the collectives.
     information    corinfomax_init, corinfomax, CorInfoMaxState, psd_logdet
     regression     byol
     reconstruction masked_reconstruction, patchify, unpatchify (MRCL)
-    tiled          tiled_logsumexp: the memory-efficient core of the contrastive losses
+    tiled          tiled_logsumexp, gram_logsumexp: the memory-efficient core of the
+                   contrastive losses (2-D tiles, low precision, a ring over devices)
 """
 from ssljax.losses.contrastive import infonce, nt_xent, supcon
 from ssljax.losses.information import CorInfoMaxState, corinfomax, corinfomax_init, psd_logdet
 from ssljax.losses.reconstruction import masked_reconstruction, patchify, unpatchify
 from ssljax.losses.redundancy import barlow_twins, vicreg
 from ssljax.losses.regression import byol
-from ssljax.losses.tiled import tiled_logsumexp
+from ssljax.losses.tiled import gram_logsumexp, tiled_logsumexp
 
 __all__ = [
     "CorInfoMaxState",
@@ -25,6 +26,7 @@ __all__ = [
     "byol",
     "corinfomax",
     "corinfomax_init",
+    "gram_logsumexp",
     "infonce",
     "masked_reconstruction",
     "nt_xent",

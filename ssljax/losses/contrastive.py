@@ -3,7 +3,8 @@
 All three are written on the global batch. Under `jax.jit` with the batch sharded
 over a mesh axis, the compiler gathers the (N x D) embeddings for the negatives, so
 negatives span every device; no N x N matrix crosses devices. With `block_size`
-set, the similarity matrix is never materialised at all (see `ssljax.losses.tiled`).
+set, the similarity matrix is never materialised at all, in low precision if asked,
+and with `ring_axis` as a ring over the devices (see `ssljax.losses.tiled`).
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from ssljax.losses._common import compute_dtype, l2_normalize
-from ssljax.losses.tiled import tiled_logsumexp
+from ssljax.losses.tiled import Precision, _mm, check_tiling, gram_logsumexp, tiled_logsumexp
 
 __all__ = ["nt_xent", "infonce", "supcon"]
 
@@ -29,11 +30,26 @@ def _check_pair(a: jax.Array, b: jax.Array, name: str) -> None:
             f"{name} needs two [N, D] arrays of the same shape; got {a.shape} and {b.shape}.")
 
 
-def _logsumexp(rows, cols, self_index, block_size):
-    """Row-wise log-sum-exp of `rows @ cols.T`, column `self_index[i]` left out of row i."""
+def _inv_norm(x: jax.Array, eps: float = 1e-12) -> jax.Array:
+    """`1 / max(||x||, eps)` per row, as `l2_normalize` scales."""
+    return jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1), eps * eps))
+
+
+def _logsumexp(rows, cols, self_index, block_size, *, scale, row_block_size=None,
+               precision="float32", ring_axis=None, mesh=None, cols_grad=True):
+    """Row-wise log-sum-exp of `scale * rows @ cols.T` (cols None: rows' Gram matrix),
+    column `self_index[i]` left out of row i."""
     if block_size is not None:
-        return tiled_logsumexp(rows, cols, self_index=self_index, block_size=block_size)
-    logits = rows @ cols.T
+        return tiled_logsumexp(rows, cols, self_index=self_index, block_size=block_size,
+                               row_block_size=row_block_size, scale=scale, precision=precision,
+                               ring_axis=ring_axis, mesh=mesh, cols_grad=cols_grad)
+    cols = rows if cols is None else cols
+    if not (isinstance(scale, float) and scale == 1.0):
+        rows = rows * scale
+    if precision == "float32":
+        logits = rows @ cols.T
+    else:
+        logits = _mm(rows, cols, (1, 1), precision, rows.dtype)
     if self_index is not None:
         col = jnp.arange(cols.shape[0])
         logits = jnp.where(col[None, :] == self_index[:, None], -jnp.inf, logits)
@@ -46,6 +62,10 @@ def nt_xent(
     *,
     temperature: float | jax.Array,
     block_size: int | None = None,
+    row_block_size: int | None = None,
+    precision: Precision = "float32",
+    ring_axis: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> jax.Array:
     """NT-Xent, the normalised-temperature cross-entropy of SimCLR.
 
@@ -59,9 +79,10 @@ def nt_xent(
         z2: `[N, D]` projections of the second views, row i paired with `z1[i]`.
         temperature: softmax temperature (SimCLR 0.5 / 0.1 / 0.2; MetaMask 0.07). May be
             a traced scalar, e.g. a learnt temperature.
-        block_size: if set, compute blockwise over `block_size` columns at a time with a
+        block_size: if set, compute tile by tile (`block_size` x `block_size` tiles) with a
             custom VJP, never materialising the 2N x 2N similarity matrix; the value and
-            gradient equal the dense path.
+            gradient equal the dense path. Temporary memory O(N D + block_size^2).
+        row_block_size, precision, ring_axis, mesh: see `infonce`.
 
     Returns:
         Scalar float32 loss (float64 for float64 inputs).
@@ -83,15 +104,27 @@ def nt_xent(
     """
     _check_pair(z1, z2, "nt_xent")
     _check_temperature(temperature)
+    check_tiling(block_size, row_block_size, precision, ring_axis, mesh)
     dtype = compute_dtype(z1, z2)
     n, dim = z1.shape
+    if block_size is not None:
+        # Tiles are read from z1 and z2 and normalised on the fly: neither the normalised
+        # nor the interleaved 2N x D matrix is built, and one gradient is accumulated.
+        z1, z2 = z1.astype(dtype), z2.astype(dtype)
+        inv1, inv2 = _inv_norm(z1), _inv_norm(z2)
+        positive = jnp.sum(z1 * z2, axis=-1) * (inv1 * inv2) / temperature
+        lse = gram_logsumexp((z1, z2), (inv1, inv2), scale=1.0 / temperature,
+                             block_size=block_size, row_block_size=row_block_size,
+                             precision=precision, ring_axis=ring_axis, mesh=mesh)
+        return jnp.mean(lse) - jnp.mean(positive)
     z1 = l2_normalize(z1.astype(dtype))
     z2 = l2_normalize(z2.astype(dtype))
     # Interleaved (z1[0], z2[0], z1[1], ...) rather than concatenated: a device that
     # holds rows i of z1 and z2 then holds rows 2i, 2i+1 of z, so sharding survives.
     z = jnp.stack([z1, z2], axis=1).reshape(2 * n, dim)
     positive = jnp.sum(z1 * z2, axis=-1) / temperature
-    lse = _logsumexp(z / temperature, z, jnp.arange(2 * n), block_size)
+    lse = _logsumexp(z / temperature, z, jnp.arange(2 * n), None, scale=1.0,
+                     precision=precision)
     # Both anchors of a pair share the same positive logit, so mean over N = mean over 2N.
     return jnp.mean(lse) - jnp.mean(positive)
 
@@ -104,6 +137,10 @@ def infonce(
     queue: jax.Array | None = None,
     block_size: int | None = None,
     stop_gradient_key: bool = True,
+    row_block_size: int | None = None,
+    precision: Precision = "float32",
+    ring_axis: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> jax.Array:
     """InfoNCE in the MoCo form: the positive is the paired key, at logit index 0.
 
@@ -117,11 +154,23 @@ def infonce(
         key: `[N, D]` keys, row i the positive of `query[i]` (raw; normalised here).
         temperature: softmax temperature (MoCo v2 0.2, InfoMin 0.15).
         queue: optional `[K, D]` negatives, never differentiated.
-        block_size: if set, compute blockwise over the negatives with a custom VJP, never
-            materialising the N x K (or N x N) logits; same value and gradient.
+        block_size: if set, compute tile by tile (`block_size` x `block_size` tiles of
+            queries x negatives) with a custom VJP, never materialising the N x K (or
+            N x N) logits; same value and gradient. Temporary memory O((N + K) D +
+            block_size^2).
         stop_gradient_key: MoCo's key comes from the momentum encoder and carries no
             gradient (default). Set False for a two-sided InfoNCE in which the key encoder
             is trained too (e.g. InfoMin's view learning).
+        row_block_size: rows per tile of the tiled path (default: `block_size`; a value
+            >= N gives the row-tiled form, memory O(N x block_size)).
+        precision: the similarity products' inputs: "float32" (default), "tensorfloat32"
+            or "bfloat16", with float32 accumulation and a float32 log-sum-exp; errors
+            against float64 are in `tiled_logsumexp` and experiments/losses_benchmark.md.
+        ring_axis: with `block_size`, the name of the mesh axis the batch is sharded over:
+            the tiled path runs as a ring (`jax.shard_map`, `jax.lax.ppermute` of the key
+            tiles, Inf-CL style) and no device holds the whole N x D keys (or queue, which
+            is sharded over the axis too). N (and K) must divide by the axis size.
+        mesh: the mesh holding `ring_axis` (default: the one set with `jax.set_mesh`).
 
     Returns:
         Scalar float32 loss (float64 for float64 inputs): mean cross-entropy.
@@ -143,19 +192,42 @@ def infonce(
     """
     _check_pair(query, key, "infonce")
     _check_temperature(temperature)
+    check_tiling(block_size, row_block_size, precision, ring_axis, mesh)
+    tiling = dict(row_block_size=row_block_size, precision=precision, ring_axis=ring_axis,
+                  mesh=mesh)
     dtype = compute_dtype(query, key, *(() if queue is None else (queue,)))
+    if queue is not None and (queue.ndim != 2 or queue.shape[1] != query.shape[1]):
+        raise ValueError(f"infonce needs queue [K, {query.shape[1]}]; got {queue.shape}.")
+    if block_size is not None:
+        # Tiles are normalised on the fly (multipliers 1 / ||x||): no normalised N x D copy.
+        q, k = query.astype(dtype), key.astype(dtype)
+        inv_q, inv_k = _inv_norm(q), _inv_norm(k)
+        if stop_gradient_key:
+            k, inv_k = jax.lax.stop_gradient(k), jax.lax.stop_gradient(inv_k)
+        positive = jnp.sum(q * k, axis=-1) * (inv_q * inv_k) / temperature
+        if queue is None:
+            cols, inv_c, cols_grad = k, inv_k, not stop_gradient_key
+        else:
+            cols = jax.lax.stop_gradient(queue.astype(dtype))
+            inv_c, cols_grad = _inv_norm(cols), False
+        lse = tiled_logsumexp(q, cols, block_size=block_size, scale=1.0 / temperature,
+                              row_multipliers=inv_q, col_multipliers=inv_c,
+                              cols_grad=cols_grad, **tiling)
+        if queue is not None:
+            lse = jnp.logaddexp(positive, lse)
+        return jnp.mean(lse - positive)
     q = l2_normalize(query.astype(dtype))
     k = l2_normalize(key.astype(dtype))
     if stop_gradient_key:
         k = jax.lax.stop_gradient(k)
     positive = jnp.sum(q * k, axis=-1) / temperature
     if queue is None:
-        lse = _logsumexp(q / temperature, k, None, block_size)
+        lse = _logsumexp(q / temperature, k, None, block_size, scale=1.0,
+                         cols_grad=not stop_gradient_key, **tiling)
     else:
-        if queue.ndim != 2 or queue.shape[1] != q.shape[1]:
-            raise ValueError(f"infonce needs queue [K, {q.shape[1]}]; got {queue.shape}.")
         negatives = jax.lax.stop_gradient(l2_normalize(queue.astype(dtype)))
-        lse = jnp.logaddexp(positive, _logsumexp(q / temperature, negatives, None, block_size))
+        lse = jnp.logaddexp(positive, _logsumexp(q / temperature, negatives, None, block_size,
+                                                 scale=1.0, cols_grad=False, **tiling))
     return jnp.mean(lse - positive)
 
 
@@ -201,6 +273,10 @@ def supcon(
     base_temperature: float = 0.07,
     anchors: str | Sequence[int] = "all",
     block_size: int | None = None,
+    row_block_size: int | None = None,
+    precision: Precision = "float32",
+    ring_axis: str | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> jax.Array:
     """Supervised (or self-supervised) contrastive loss of SupCon and SelfCon.
 
@@ -227,8 +303,11 @@ def supcon(
         temperature: softmax temperature (SelfCon/SupCon CIFAR: 0.1).
         base_temperature: the loss is scaled by `temperature / base_temperature`.
         anchors: 'all', 'one', or a sequence of view indices in `[0, V)`.
-        block_size: if set, compute the denominators blockwise with a custom VJP (the
+        block_size: if set, compute the denominators tile by tile with a custom VJP (the
             (B*V) x (B*V) logits are never materialised); same value and gradient.
+        row_block_size, precision, ring_axis, mesh: see `infonce` (with `ring_axis`, B
+            must divide by the axis size; with labels too, the per-class positive sums
+            are left to the compiler, which gathers the embeddings once).
 
     Returns:
         Scalar float32 loss (float64 for float64 inputs).
@@ -251,6 +330,7 @@ def supcon(
     if features.ndim != 3:
         raise ValueError(f"supcon needs features [B, V, D]; got shape {features.shape}.")
     _check_temperature(temperature)
+    check_tiling(block_size, row_block_size, precision, ring_axis, mesh)
     b, v, dim = features.shape
     if labels is None:
         ids = jnp.arange(b, dtype=jnp.int32)
@@ -268,16 +348,37 @@ def supcon(
     contrast = feats.reshape(b * v, dim)
     contrast_ids = jnp.repeat(ids, v)
     anchor_cols = (jnp.arange(b)[:, None] * v + jnp.asarray(views)[None, :]).reshape(-1)
-    anchor = contrast[anchor_cols]
+    if ring_axis is None:
+        anchor = contrast[anchor_cols]
+    else:  # the same rows, sliced where they live (a gather would cross devices)
+        anchor = feats[:, jnp.asarray(views)].reshape(b * len(views), dim)
 
-    lse = _logsumexp(anchor / temperature, contrast, anchor_cols, block_size)
+    tiling = dict(row_block_size=row_block_size, precision=precision, ring_axis=ring_axis,
+                  mesh=mesh)
+    if block_size is None:  # the dense path, exactly as before
+        lse = _logsumexp(anchor / temperature, contrast, anchor_cols, None, scale=1.0, **tiling)
+    elif views == tuple(range(v)):  # every embedding anchors: the Gram matrix and the scale,
+        # tiles normalised on the fly from the raw features (a reshape, no copy).
+        raw = features.astype(dtype).reshape(b * v, dim)
+        lse = gram_logsumexp((raw,), (_inv_norm(raw),), scale=1.0 / temperature,
+                             block_size=block_size, **tiling)
+    else:
+        lse = _logsumexp(anchor, contrast, anchor_cols, block_size, scale=1.0 / temperature,
+                         **tiling)
     if block_size is None:
         positive = ((ids[anchor_cols // v][:, None] == contrast_ids[None, :])
                     & (jnp.arange(b * v)[None, :] != anchor_cols[:, None]))
         logits = anchor @ contrast.T / temperature
         pos_logit_sum = jnp.sum(jnp.where(positive, logits, 0.0), axis=1)
         num_pos = jnp.sum(positive, axis=1).astype(dtype)
+    elif labels is None and ring_axis is not None:
+        # The positives are the anchor's other views, on its own device: no gather.
+        pos_sum = (jnp.sum(feats, axis=1)[:, None] - feats[:, jnp.asarray(views)]).reshape(
+            b * len(views), dim)
+        num_pos = jnp.full((b * len(views),), v - 1, dtype)
+        pos_logit_sum = jnp.sum(anchor * pos_sum, axis=-1) / temperature
     else:
+        # With labels and a ring, this gathers the embeddings once (the compiler's choice).
         pos_sum, num_pos = _positive_sums(contrast, contrast_ids, anchor_cols)
         pos_logit_sum = jnp.sum(anchor * pos_sum, axis=-1) / temperature
     has_pos = num_pos > 0
