@@ -47,6 +47,7 @@ from ssljax.methods import byol  # noqa: E402,F401
 from ssljax.methods import infomin  # noqa: E402,F401
 from ssljax.methods import view_learning  # noqa: E402,F401
 from ssljax.methods import mrcl  # noqa: E402,F401
+from ssljax.methods import simsiam  # noqa: E402,F401
 
 __all__ = ["InputSpec", "LossOutput", "Method", "RunFacts", "TrainState", "available",
            "get_method", "register"]
