@@ -274,11 +274,16 @@ def main() -> None:
     for case in cases():
         if not case.startswith(args.only):
             continue
+        if args.check and case not in recorded:
+            print(f"{case}: not recorded", flush=True)
+            continue
         t0 = time.time()
         devices = [n for n in args.devices
                    if not (args.missing and f"steps_{n}_devices" in recorded.get(case, {}))]
         if args.missing and not devices:
             continue
+        if args.check:  # only what was recorded
+            devices = [n for n in devices if f"steps_{n}_devices" in recorded[case]]
         entry = record(case, devices, None if args.check else recorded.get(case))
         if args.check:
             old = recorded[case]
