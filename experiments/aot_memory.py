@@ -113,7 +113,8 @@ def compile_step(cfg, num_devices: int, fsdp: int):
     info = data.dataset_info(cfg.data.name)
     mesh = sharding.make_mesh(num_devices, fsdp=fsdp)
     sharding.check_batch_size(cfg.batch_size, mesh)
-    method = methods.get_method(cfg.method)(cfg, num_classes=info.num_classes)
+    method = methods.get_method(cfg.method)(cfg, num_classes=info.num_classes,
+                                            run=methods.RunFacts.of(cfg, total_steps=1000))
     steps = train.build_step(cfg, method, mesh, total_steps=1000, steps_per_epoch=100)
     bs = sharding.batch_sharding(mesh)
     size, channels = cfg.data.image_size, len(info.mean)

@@ -51,7 +51,8 @@ VARIANTS = {
 def time_variant(config, overrides, batch, mesh, num_classes):
     config = config.copy_and_resolve_references()
     config.metamask.update(overrides)
-    method = methods.get_method("metamask")(config, num_classes=num_classes)
+    method = methods.get_method("metamask")(
+        config, num_classes=num_classes, run=methods.RunFacts.of(config, total_steps=10_000))
     steps = train.build_step(config, method, mesh, total_steps=10_000, steps_per_epoch=100)
     ts = steps.init(train.init_key(0), batch)
     rng = jax.random.key(1)

@@ -57,7 +57,8 @@ def main(argv):
 
     # Train step alone, on one fixed batch already on the devices.
     batch = data.to_global(next(it), sharding.batch_sharding(mesh))
-    method = methods.get_method(config.method)(config, num_classes=info.num_classes)
+    method = methods.get_method(config.method)(
+        config, num_classes=info.num_classes, run=methods.RunFacts.of(config, total_steps=10_000))
     steps = train.build_step(config, method, mesh, total_steps=10_000, steps_per_epoch=100)
     ts = steps.init(train.init_key(0), batch)
     rng = jax.random.key(1)

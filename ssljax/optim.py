@@ -94,3 +94,25 @@ def make_optimizer(cfg: Any, schedule: optax.Schedule) -> optax.GradientTransfor
     if name == "adam":
         return optax.adam(schedule, b1=cfg.b1, b2=cfg.b2)
     raise ValueError(f"optimizer.name={name!r} is not known; use 'sgd', 'lars', 'adamw' or 'adam'.")
+
+
+def momentum_buffer(opt_state: Any, params: Any) -> Any:
+    """The momentum buffer of an ``sgd`` optimizer state (:func:`make_optimizer`): PyTorch's
+    ``momentum_buffer``, a pytree shaped like ``params``.
+
+    ``make_optimizer('sgd')`` is ``add_decayed_weights`` then optax's ``sgd``, whose one
+    ``optax.TraceState`` holds that buffer; this module builds the optimizer, so it is the
+    one that reads its state (MetaMask's virtual step replays an SGD step with it).
+
+    Raises:
+      ValueError: the state holds no single momentum buffer shaped like ``params``.
+    """
+    traces = [s.trace for s in jax.tree.leaves(
+        opt_state, is_leaf=lambda s: isinstance(s, optax.TraceState))
+        if isinstance(s, optax.TraceState)]
+    if len(traces) != 1 or jax.tree.structure(traces[0]) != jax.tree.structure(params):
+        raise ValueError(
+            "MetaMask's virtual step needs the momentum buffer of a momentum-SGD optimizer, "
+            f"but the optimizer state holds {len(traces)} matching optax.TraceState; use "
+            "--config.optimizer.name=sgd with --config.optimizer.momentum > 0.")
+    return traces[0]

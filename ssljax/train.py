@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import ml_collections
@@ -119,12 +119,20 @@ def augment_configs(cfg: ml_collections.ConfigDict) -> list:
             for v in range(cfg.num_views)]
 
 
+def jigsaw_from(fields: Mapping[str, Any] | None):
+    """A jigsaw view's settings (``InputSpec.jigsaw``) as the pipeline's ``JigsawConfig``;
+    None for none."""
+    if not fields:
+        return None
+    from ssljax.data.infomin_aug import JigsawConfig
+    return JigsawConfig.from_dict(dict(fields))
+
+
 def jigsaw_config(cfg: ml_collections.ConfigDict):
     """The ``data.jigsaw`` section as an ``infomin_aug.JigsawConfig``; None when absent."""
     if "jigsaw" not in cfg or not cfg.jigsaw:
         return None
-    from ssljax.data.infomin_aug import JigsawConfig
-    return JigsawConfig.from_dict(cfg.jigsaw.to_dict())
+    return jigsaw_from(cfg.jigsaw.to_dict())
 
 
 def init_key(seed: int) -> jax.Array:
@@ -197,7 +205,6 @@ def build_step(config: ml_collections.ConfigDict, method, mesh, *, total_steps: 
     schedule = optim.make_schedule(config.optimizer, global_batch_size=config.batch_size,
                                    total_steps=total_steps, steps_per_epoch=steps_per_epoch)
     tx = optim.make_optimizer(config.optimizer, schedule)
-    method.total_steps = total_steps
     if sharding.FSDP_AXIS in mesh.axis_names:
         tx = _whole_gradients(tx, sharding.replicated(mesh))
     probe_tx = optax.adam(config.eval.probe_lr)
@@ -271,17 +278,19 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                    else int(math.ceil(config.num_epochs * steps_per_epoch)))
 
     # ---- Method and optimizers -----------------------------------------------------------
-    method = methods.get_method(config.method)(config, num_classes=info.num_classes)
+    run = methods.RunFacts.of(config, total_steps=total_steps)
+    method = methods.get_method(config.method)(config, num_classes=info.num_classes, run=run)
     steps = build_step(config, method, mesh, total_steps=total_steps,
                        steps_per_epoch=steps_per_epoch)
+    spec = method.input_spec  # what the method's batches must carry besides views and labels
 
     def make_dataset(start_step: int):
         common = dict(global_batch_size=config.batch_size, num_views=config.data.num_views,
                       augment=augment_configs(config.data), seed=config.seed,
                       image_size=config.data.image_size, mean=info.mean, std=info.std,
                       start_step=start_step, process_index=jax.process_index(),
-                      process_count=jax.process_count(), jigsaw=jigsaw_config(config.data),
-                      mask=data.mask_config_from(config.data.get("mask")))
+                      process_count=jax.process_count(), jigsaw=jigsaw_from(spec.jigsaw),
+                      mask=data.mask_config_from(spec.masks))
         if info.in_memory:
             return data.make_pretrain_dataset(pretrain_images, pretrain_labels, **common)
         return data.make_tfds_stream(config.data.name, pretrain_split,

@@ -5,7 +5,9 @@ float64 for float64 inputs) and returns float32 scalars. Under `jax.jit` with th
 batch sharded over a mesh axis, negatives, covariances and standardisation span all
 devices by construction: the compiler inserts the collectives.
 
-    contrastive    nt_xent (SimCLR), infonce (MoCo), supcon (SupCon, SelfCon)
+    contrastive    nt_xent (SimCLR), infonce (MoCo), supcon (SupCon), selfcon_loss (SelfCon),
+                   symmetric_nce (CMC, InfoMin's view learning), per_image
+    classification cross_entropy (the supervised baselines)
     redundancy     barlow_twins, vicreg
     information    corinfomax_init, corinfomax, CorInfoMaxState, psd_logdet
     regression     byol
@@ -13,7 +15,9 @@ devices by construction: the compiler inserts the collectives.
     tiled          tiled_logsumexp, gram_logsumexp: the memory-efficient core of the
                    contrastive losses (2-D tiles, low precision, a ring over devices)
 """
-from ssljax.losses.contrastive import infonce, nt_xent, supcon
+from ssljax.losses.classification import cross_entropy
+from ssljax.losses.contrastive import (infonce, nt_xent, per_image, selfcon_loss, supcon,
+                                       symmetric_nce)
 from ssljax.losses.information import CorInfoMaxState, corinfomax, corinfomax_init, psd_logdet
 from ssljax.losses.reconstruction import masked_reconstruction, patchify, unpatchify
 from ssljax.losses.redundancy import barlow_twins, vicreg
@@ -26,13 +30,17 @@ __all__ = [
     "byol",
     "corinfomax",
     "corinfomax_init",
+    "cross_entropy",
     "gram_logsumexp",
     "infonce",
     "masked_reconstruction",
     "nt_xent",
     "patchify",
+    "per_image",
     "psd_logdet",
+    "selfcon_loss",
     "supcon",
+    "symmetric_nce",
     "tiled_logsumexp",
     "unpatchify",
     "vicreg",

@@ -17,10 +17,6 @@ def compute_dtype(*xs: jax.typing.ArrayLike) -> jnp.dtype:
     return jnp.dtype(dtype)
 
 
-def upcast(x: jax.typing.ArrayLike, dtype: jnp.dtype) -> jax.Array:
-    return jnp.asarray(x).astype(dtype)
-
-
 def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
     """`x / max(||x||, eps)`, the PyTorch `F.normalize` convention.
 

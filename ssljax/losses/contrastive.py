@@ -1,4 +1,5 @@
-"""Contrastive objectives: NT-Xent (SimCLR), InfoNCE (MoCo) and SupCon/SelfCon.
+"""Contrastive objectives: NT-Xent (SimCLR), InfoNCE (MoCo), symmetric InfoNCE (CMC),
+SupCon and SelfCon.
 
 All three are written on the global batch. Under `jax.jit` with the batch sharded
 over a mesh axis, the compiler gathers the (N x D) embeddings for the negatives, so
@@ -16,7 +17,7 @@ import jax.numpy as jnp
 from ssljax.losses._common import compute_dtype, l2_normalize
 from ssljax.losses.tiled import Precision, _mm, check_tiling, gram_logsumexp, tiled_logsumexp
 
-__all__ = ["nt_xent", "infonce", "supcon"]
+__all__ = ["nt_xent", "infonce", "supcon", "selfcon_loss", "symmetric_nce", "per_image"]
 
 
 def _check_temperature(temperature) -> None:
@@ -386,3 +387,73 @@ def supcon(
     per_anchor = -(temperature / base_temperature) * mean_log_prob_pos
     num_valid = jnp.sum(has_pos)
     return jnp.sum(jnp.where(has_pos, per_anchor, 0.0)) / jnp.maximum(num_valid, 1).astype(dtype)
+
+
+def symmetric_nce(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
+    """``(InfoNCE(z1 -> z2) + InfoNCE(z2 -> z1)) / 2`` with in-batch negatives, both sides
+    trained (CMC's two-view objective).
+
+    >>> z = jnp.eye(2)
+    >>> print(f"{symmetric_nce(z, z, temperature=1.0):.4f}")
+    0.3133
+    """
+    return 0.5 * (infonce(z1, z2, temperature=temperature, stop_gradient_key=False)
+                  + infonce(z2, z1, temperature=temperature, stop_gradient_key=False))
+
+
+def per_image(z: jax.Array, num_views: int) -> jax.Array:
+    """``[V*B, D]`` view-major (view 0's B rows first) -> ``[B, V, D]``.
+
+    >>> per_image(jnp.arange(4.0)[:, None], 2)[:, :, 0].tolist()
+    [[0.0, 2.0], [1.0, 3.0]]
+    """
+    return jnp.swapaxes(z.reshape((num_views, -1) + z.shape[1:]), 0, 1)
+
+
+ANCHORS = ("all", "subnet")
+
+
+def selfcon_loss(z: jax.Array, z_exits: Sequence[jax.Array], labels: jax.Array | None, *,
+                 num_views: int, temperature: float, base_temperature: float = 0.07,
+                 anchors: str = "all", alpha: float = 1.0,
+                 block_size: int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The SelfCon objective on projections of ``V`` views, as the official code stacks them.
+
+    Args:
+      z: ``[V*B, D]`` backbone projections, view-major (view 0's B images first).
+      z_exits: one ``[V*B, D]`` array of sub-network projections per exit.
+      labels: ``[B]`` class labels, or None for the unsupervised -U variants.
+      num_views: V (1: SelfCon-S, 2: SelfCon-M).
+      temperature, base_temperature, block_size: as for :func:`ssljax.losses.supcon`.
+      anchors: ``'all'``: one SupCon loss over ``[V*B, E+1, D]`` = (exits..., backbone) of
+        each image-view, with the labels repeated per view (for -MU, the positive of an
+        embedding is the other exit of the same view, as in the official code);
+        ``'subnet'`` (starred): ``supcon(backbone [B, V, D]) + alpha * supcon([B, V*(E+1), D],
+        anchors = the sub-network entries)``.
+      alpha: weight of the sub-network-anchored term of the starred variants.
+
+    Returns:
+      ``(loss, terms)``; ``terms`` has ``backbone_term`` and ``subnet_term`` for the starred
+      variants, nothing otherwise.
+
+    >>> import jax.numpy as jnp
+    >>> z = jnp.array([[1.0, 0.0], [0.0, 1.0]]); sub = jnp.array([[0.8, 0.6], [0.6, 0.8]])
+    >>> loss, _ = selfcon_loss(z, [sub], jnp.array([0, 1]), num_views=1, temperature=0.1)
+    >>> print(f"{loss:.4f}")
+    1.3811
+    """
+    if anchors not in ANCHORS:
+        raise ValueError(f"selfcon anchors must be one of {ANCHORS}; got {anchors!r}.")
+    kw = dict(temperature=temperature, base_temperature=base_temperature, block_size=block_size)
+    if anchors == "all":
+        stacked = jnp.stack([*z_exits, z], axis=1)  # [V*B, E+1, D]
+        ids = None if labels is None else jnp.tile(labels, num_views)
+        return supcon(stacked, ids, **kw), {}
+    backbone = per_image(z, num_views)  # [B, V, D]
+    subs = [per_image(s, num_views) for s in z_exits]
+    everything = jnp.concatenate([*subs, backbone], axis=1)  # [B, V*(E+1), D]
+    backbone_term = supcon(backbone, labels, **kw)
+    subnet_term = supcon(everything, labels, anchors=tuple(range(len(subs) * num_views)),
+                                **kw)
+    return backbone_term + alpha * subnet_term, {"backbone_term": backbone_term,
+                                                 "subnet_term": subnet_term}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import difflib
 
-from ssljax.methods.base import LossOutput, Method, TrainState
+from ssljax.methods.base import InputSpec, LossOutput, Method, RunFacts, TrainState
 
 _REGISTRY: dict[str, type[Method]] = {}
 
@@ -47,5 +47,7 @@ from ssljax.methods import byol  # noqa: E402,F401
 from ssljax.methods import infomin  # noqa: E402,F401
 from ssljax.methods import view_learning  # noqa: E402,F401
 from ssljax.methods import mrcl  # noqa: E402,F401
+from ssljax.methods import simsiam  # noqa: E402,F401
 
-__all__ = ["LossOutput", "Method", "TrainState", "available", "get_method", "register"]
+__all__ = ["InputSpec", "LossOutput", "Method", "RunFacts", "TrainState", "available",
+           "get_method", "register"]

@@ -15,82 +15,48 @@ As the official code (facebookresearch/barlowtwins ``main.py``) does it:
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
-from ssljax import losses, models
+from ssljax import losses
 from ssljax.methods import base, register
-from ssljax.methods.simclr import EncoderWithHead
 
 
-def build_projector(cfg, dtype) -> models.MLP:
-    """The ``config.projector`` MLP (the redundancy-reduction methods' field names)."""
-    return models.MLP(hidden_dims=tuple(cfg.hidden_dims), out_dim=cfg.out_dim,
-                      use_bn=cfg.use_bn, last_bn=cfg.last_bn,
-                      last_bn_affine=cfg.get("last_bn_affine", True),
-                      use_bias_hidden=cfg.use_bias_hidden, use_bias_last=cfg.use_bias_last,
-                      dtype=dtype)
+# Re-exported from their new home (ssljax.methods.base).
+EncoderWithHead = base.EncoderWithHead
+TwoViewMethod = base.TwoViewMethod
+apply_per_view = base.apply_per_view
 
 
-def apply_per_view(model: nn.Module, params: Any, state: Any, views: jax.Array,
-                   ) -> tuple[list[jax.Array], list[jax.Array], Any]:
-    """Train-mode forward passes, one per view, as the official codes run ``model(y1)``,
-    ``model(y2)``: BatchNorm normalises each view with its own statistics, and the running
-    statistics are updated once per view, in order (what two PyTorch calls do).
+@dataclasses.dataclass(frozen=True)
+class BarlowTwinsSettings:
+    """Barlow Twins' hyper-parameters (``config.loss``)."""
+    lambd: float = 0.0051  # weight of the off-diagonal term
+    ddof: int = 0  # 0: biased variance (official); 1: MetaMask's variant
+    eps: float = 1e-5  # standardisation epsilon
 
-    Args:
-      views: ``[B, V, H, W, C]``.
-
-    Returns:
-      ``(features, projections, state)``: per-view lists of ``[B, F]`` and ``[B, D]``
-      (float32), and ``state`` with the new ``batch_stats``.
-    """
-    features, projections = [], []
-    batch_stats = state["batch_stats"]
-    for v in range(views.shape[1]):
-        (f, z), updates = model.apply({"params": params, "batch_stats": batch_stats},
-                                      views[:, v], train=True, mutable=["batch_stats"])
-        batch_stats = updates.get("batch_stats", batch_stats)  # none without BatchNorm (a ViT)
-        features.append(f)
-        projections.append(z.astype(jnp.promote_types(z.dtype, jnp.float32)))
-    return features, projections, dict(state, batch_stats=batch_stats)
-
-
-class TwoViewMethod(base.Method):
-    min_views = 2
-    """A backbone and a projector, one forward pass per view; subclasses define the loss."""
-
-    def __init__(self, config, *, num_classes):
-        super().__init__(config, num_classes=num_classes)
-        dtype = base.compute_dtype(config.model.dtype)
-        self.model = EncoderWithHead(backbone=base.build_backbone(config.model),
-                                     head=build_projector(config.projector, dtype))
-
-    def init_model(self, rng, batch):
-        variables = self.model.init(rng, batch["views"][:, 0], train=False)
-        return variables["params"], {"batch_stats": variables.get("batch_stats", {})}
-
-    def project(self, params, state, views):
-        """Per-view features and projections (the method's view of the model output)."""
-        return apply_per_view(self.model, params, state, views)
-
-    def embed(self, params, state, images):
-        return self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
-                                method=EncoderWithHead.features)
+    def __post_init__(self):
+        base.check(self.lambd >= 0, f"loss.lambd={self.lambd} must be >= 0; set "
+                   "--config.loss.lambd (Barlow Twins: 0.0051).")
+        base.check(self.ddof in (0, 1), f"loss.ddof={self.ddof} must be 0 or 1; set "
+                   "--config.loss.ddof=0 (official) or 1 (MetaMask's variant).")
+        base.check(self.eps >= 0, f"loss.eps={self.eps} must be >= 0; set --config.loss.eps.")
 
 
 @register
-class BarlowTwins(TwoViewMethod):
+class BarlowTwins(base.TwoViewMethod):
     name = "barlow_twins"
+
+    def __init__(self, config, *, num_classes, run=None):
+        super().__init__(config, num_classes=num_classes, run=run)
+        self.settings = base.from_section(BarlowTwinsSettings, config.loss)
 
     def loss(self, params, state, batch, rng, step):
         del rng, step
         features, (z1, z2), state = self.project(params, state, batch["views"])
-        lc = self.config.loss
-        loss, parts = losses.barlow_twins(z1, z2, lambd=lc.lambd, ddof=lc.ddof, eps=lc.eps,
+        st = self.settings
+        loss, parts = losses.barlow_twins(z1, z2, lambd=st.lambd, ddof=st.ddof, eps=st.eps,
                                           return_parts=True)
         return loss, base.LossOutput(state=state, metrics=parts,
                                      features=jax.lax.stop_gradient(features[0]))

@@ -5,15 +5,27 @@ A method knows nothing about meshes, files or hosts. The trainer gives it *globa
 shardings; because every objective is written on the global batch, negatives, covariances
 and BatchNorm statistics span all devices without a hand-written collective.
 
-A new method subclasses :class:`Method`, implements ``init_model`` and ``loss`` (and
-``after_update`` for EMA targets or queues), and registers itself with
-:func:`ssljax.methods.register`. A method whose update is not "one gradient step on one
-loss" (MetaMask's bilevel step) overrides :meth:`Method.train_step`.
+A method reads its hyper-parameters once, when it is built, into a frozen settings
+dataclass validated there (one sentence per bad value; :func:`from_section`, :func:`check`);
+its loss reads the settings, never the config. The run's facts (length, peak learning rate,
+batch size) come in as :class:`RunFacts`; what its batches must carry (views, masks, a
+jigsaw view, labels) goes out as :attr:`Method.input_spec` (:class:`InputSpec`), which the
+trainer and the pipeline read.
+
+A new method subclasses :class:`Method` (or :class:`TwoViewMethod`), sets ``self.model``
+(a Flax module with a ``features`` method, e.g. :class:`EncoderWithHead` of
+:func:`build_backbone` and :func:`build_head`), implements ``loss`` (and ``after_update``
+for EMA targets or queues, see :mod:`ssljax.methods.momentum`), and registers itself with
+:func:`ssljax.methods.register`. The default ``init_model`` and ``embed`` read
+``self.model``. The optimizer step and the online probe belong to :meth:`Method.train_step`;
+a method whose update is not "one gradient step on one loss" (MetaMask's bilevel step)
+extends the hook :meth:`Method.model_step` instead of copying the step.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+import dataclasses
+from typing import Any, Callable, Mapping, NamedTuple
 
 import flax
 import flax.linen as nn
@@ -45,6 +57,76 @@ class LossOutput(NamedTuple):
     features: jax.Array  # stop-gradient backbone features of one view, for the online probe
 
 
+@dataclasses.dataclass(frozen=True)
+class RunFacts:
+    """What the run decides, not the method; given to a method when it is built.
+
+    Attributes:
+      total_steps: the run's length in steps (schedules inside a method, e.g. BYOL's target
+        momentum); 0 when unknown (a method built only to evaluate or to check a config).
+      peak_lr: the learning-rate schedule's peak, after batch-size scaling.
+      batch_size: the global batch size.
+    """
+    total_steps: int = 0
+    peak_lr: float = 0.0
+    batch_size: int = 0
+
+    @classmethod
+    def of(cls, config: ml_collections.ConfigDict, *, total_steps: int | None = None) -> RunFacts:
+        """The facts of a run of ``config`` lasting ``total_steps`` (default: the config's
+        ``total_steps`` when set, else unknown)."""
+        from ssljax import optim
+        if total_steps is None:
+            total_steps = max(config.get("total_steps", -1), 0)
+        return cls(total_steps=total_steps,
+                   peak_lr=optim.base_learning_rate(config.optimizer, config.batch_size),
+                   batch_size=config.batch_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class InputSpec:
+    """What a method's batches must carry; the trainer and the pipeline read it.
+
+    Every batch has ``'views'`` ``[B, V, H, W, C]`` and ``'label'`` ``[B]`` (-1: unlabelled).
+
+    Attributes:
+      min_views: the fewest views per image the objective needs.
+      labels: whether the objective itself reads the labels (beyond the online probe).
+      masks: patch masks beside the views (``'masks'`` ``[B, V, g, g]``): the fields of
+        ``config.data.mask`` (:func:`ssljax.data.mask_config_from`); None: no masks.
+      jigsaw: a jigsaw view (``'jigsaw'`` ``[B, 9, P, P, C]``): the fields of
+        ``config.data.jigsaw`` (``ssljax.data.infomin_aug.JigsawConfig``); None: none.
+    """
+    min_views: int = 1
+    labels: bool = False
+    masks: Mapping[str, Any] | None = None
+    jigsaw: Mapping[str, Any] | None = None
+
+
+def check(ok: bool, message: str) -> None:
+    """Raises :class:`ssljax.config.ConfigError` with ``message`` unless ``ok`` (settings
+    validation: one sentence per bad value)."""
+    if not ok:
+        from ssljax.config import ConfigError
+        raise ConfigError(message)
+
+
+def from_section(cls: type, section: Mapping[str, Any] | None, **values: Any) -> Any:
+    """A settings dataclass ``cls`` from a config section: each field from the section's key
+    of the same name (or from ``values``), the dataclass default where neither has it.
+
+    >>> @dataclasses.dataclass(frozen=True)
+    ... class S:
+    ...     temperature: float = 0.5
+    ...     block_size: int = 0
+    >>> from_section(S, {"temperature": 0.1, "other": 3})
+    S(temperature=0.1, block_size=0)
+    """
+    section = {} if section is None else section
+    kw = {f.name: section[f.name] for f in dataclasses.fields(cls) if f.name in section}
+    return cls(**dict(kw, **values))
+
+
 def compute_dtype(name: str) -> jnp.dtype:
     """'float32', 'bfloat16' (mixed precision: float32 params, bfloat16 compute) or 'float64'
     (numerical checks: under ``jax.enable_x64`` with a float64 state, nothing rounds to float32)."""
@@ -66,6 +148,39 @@ def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
                          dtype=compute_dtype(cfg.dtype))
 
 
+_HEAD_FIELDS = ("use_bn", "last_bn", "last_bn_affine", "use_bias_hidden", "use_bias_last")
+
+
+def build_head(cfg: ml_collections.ConfigDict, dtype: jnp.dtype, **defaults: bool) -> models.MLP:
+    """The MLP of a head section (``config.projector``, ``config.predictor``, ...).
+
+    ``hidden_dims`` and ``out_dim``, and whichever of ``use_bn``, ``last_bn``,
+    ``last_bn_affine``, ``use_bias_hidden`` and ``use_bias_last`` the section sets; a field it
+    does not set takes ``defaults[field]``, else :class:`ssljax.models.MLP`'s default.
+
+    >>> cfg = ml_collections.ConfigDict(dict(hidden_dims=(16,), out_dim=8, use_bn=True))
+    >>> head = build_head(cfg, jnp.float32, use_bias_last=False)
+    >>> head.hidden_dims, head.out_dim, head.use_bn, head.use_bias_last
+    ((16,), 8, True, False)
+    """
+    kw = {k: cfg[k] if k in cfg else defaults[k] for k in _HEAD_FIELDS
+          if k in cfg or k in defaults}
+    return models.MLP(hidden_dims=tuple(cfg.hidden_dims), out_dim=cfg.out_dim, dtype=dtype, **kw)
+
+
+class EncoderWithHead(nn.Module):
+    """A backbone and a projector head; returns ``(features, projections)``."""
+    backbone: nn.Module
+    head: nn.Module
+
+    def __call__(self, x, *, train: bool):
+        features = self.backbone(x, train=train)
+        return features, self.head(features, train=train)
+
+    def features(self, x):
+        return self.backbone(x, train=False)
+
+
 def flatten_views(views: jax.Array) -> jax.Array:
     """``[B, V, H, W, C] -> [V*B, H, W, C]``, view-major, so ``split`` recovers each view."""
     b, v = views.shape[:2]
@@ -79,19 +194,31 @@ class Method:
     # The fewest views per image (``data.num_views``) the objective needs; checked by
     # ``ssljax.config.validate`` before any work starts.
     min_views: int = 1
-    # The run's length in steps, set by ``ssljax.train.build_step`` (schedules inside a
-    # method, e.g. BYOL's target momentum, need it); 0 until then.
-    total_steps: int = 0
 
-    def __init__(self, config: ml_collections.ConfigDict, *, num_classes: int):
+    def __init__(self, config: ml_collections.ConfigDict, *, num_classes: int,
+                 run: RunFacts | None = None):
+        """``run``: the run's facts (:class:`RunFacts`); default :meth:`RunFacts.of` the
+        config. A method reads its hyper-parameters here, once, into typed settings
+        (``self.settings``); its loss reads those, never the config."""
         self.config = config
         self.num_classes = num_classes
+        self.run = RunFacts.of(config) if run is None else run
         self.probe = models.LinearClassifier(num_classes=num_classes)
+
+    @property
+    def input_spec(self) -> InputSpec:
+        """What this method's batches must carry (:class:`InputSpec`); the default: views
+        (``min_views`` or more) and labels for the online probe."""
+        return InputSpec(min_views=self.min_views)
 
     # -- to implement -----------------------------------------------------------------
     def init_model(self, rng: jax.Array, batch: dict[str, jax.Array]) -> tuple[PyTree, PyTree]:
-        """Returns ``(params, state)`` for an example (global) batch."""
-        raise NotImplementedError
+        """Returns ``(params, state)`` for an example (global) batch.
+
+        The default initialises ``self.model`` on the first view; the state holds its
+        BatchNorm statistics (``{'batch_stats': ...}``, empty without BatchNorm)."""
+        variables = self.model.init(rng, batch["views"][:, 0], train=False)
+        return variables["params"], {"batch_stats": variables.get("batch_stats", {})}
 
     def loss(self, params: PyTree, state: PyTree, batch: dict[str, jax.Array],
              rng: jax.Array, step: jax.Array) -> tuple[jax.Array, LossOutput]:
@@ -99,8 +226,12 @@ class Method:
         raise NotImplementedError
 
     def embed(self, params: PyTree, state: PyTree, images: jax.Array) -> jax.Array:
-        """Frozen-encoder features for evaluation (inference mode), ``[B, D]``."""
-        raise NotImplementedError
+        """Frozen-encoder features for evaluation (inference mode), ``[B, D]``.
+
+        The default is ``self.model.features`` (the backbone) with the stored BatchNorm
+        statistics."""
+        return self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
+                                method=type(self.model).features)
 
     def embed_named(self, params: PyTree, state: PyTree,
                     images: jax.Array) -> dict[str, jax.Array]:
@@ -171,23 +302,91 @@ class Method:
     def train_step(self, ts: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
                    tx: optax.GradientTransformation, probe_tx: optax.GradientTransformation,
                    schedule: Callable[[jax.Array], jax.Array]) -> tuple[TrainState, dict]:
-        """One optimizer step on ``loss`` (and one on the online probe)."""
+        """One step of the method (:meth:`model_step`) and one of the online probe."""
         rng = jax.random.fold_in(rng, ts.step)
-
-        (loss, out), grads = jax.value_and_grad(self.loss, has_aux=True)(
-            ts.params, ts.state, batch, rng, ts.step)
-        updates, opt_state = tx.update(grads, ts.opt_state, ts.params)
-        params = optax.apply_updates(ts.params, updates)
-        state = self.after_update(params, out.state, ts.step)
-
-        (probe_ce, probe_acc), probe_grads = jax.value_and_grad(self.probe_loss, has_aux=True)(
-            ts.probe_params, out.features, batch["label"])
-        probe_updates, probe_opt_state = probe_tx.update(probe_grads, ts.probe_opt_state,
-                                                         ts.probe_params)
-        probe_params = optax.apply_updates(ts.probe_params, probe_updates)
-
-        metrics = dict(out.metrics, loss=loss, lr=schedule(ts.step), probe_loss=probe_ce,
-                       probe_top1=probe_acc)
+        params, opt_state, state, features, metrics = self.model_step(ts, batch, rng, tx,
+                                                                      schedule)
+        probe_params, probe_opt_state, probe_metrics = self.probe_step(
+            ts.probe_params, ts.probe_opt_state, features, batch["label"], probe_tx)
+        metrics = dict(metrics, **probe_metrics)
         new_ts = TrainState(step=ts.step + 1, params=params, opt_state=opt_state, state=state,
                             probe_params=probe_params, probe_opt_state=probe_opt_state)
         return new_ts, metrics
+
+    # -- hooks of the step ----------------------------------------------------------------
+    def model_step(self, ts: TrainState, batch: dict[str, jax.Array], rng: jax.Array,
+                   tx: optax.GradientTransformation,
+                   schedule: Callable[[jax.Array], jax.Array],
+                   ) -> tuple[PyTree, PyTree, PyTree, jax.Array, dict[str, jax.Array]]:
+        """One optimizer step on :meth:`loss`, then :meth:`after_update`.
+
+        Returns ``(params, opt_state, state, features, metrics)``: the new parameters,
+        optimizer state and method state, the stop-gradient features for the online probe,
+        and the metrics (``loss``, ``lr`` and the loss's own). A method with more to do in a
+        step (MetaMask's meta step of its mask) extends this hook.
+        """
+        (loss, out), grads = jax.value_and_grad(self.loss, has_aux=True)(
+            ts.params, ts.state, batch, rng, ts.step)
+        params, opt_state = self.apply_gradients(tx, grads, ts.params, ts.opt_state)
+        state = self.after_update(params, out.state, ts.step)
+        metrics = dict(out.metrics, loss=loss, lr=schedule(ts.step))
+        return params, opt_state, state, out.features, metrics
+
+    @staticmethod
+    def apply_gradients(tx: optax.GradientTransformation, grads: PyTree, params: PyTree,
+                        opt_state: PyTree) -> tuple[PyTree, PyTree]:
+        """``(params, opt_state)`` after one step of ``tx`` on ``grads``."""
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    def probe_step(self, probe_params: PyTree, probe_opt_state: PyTree, features: jax.Array,
+                   labels: jax.Array, probe_tx: optax.GradientTransformation,
+                   ) -> tuple[PyTree, PyTree, dict[str, jax.Array]]:
+        """One step of the online linear probe on stop-gradient ``features``:
+        ``(probe_params, probe_opt_state, {'probe_loss', 'probe_top1'})``."""
+        (probe_ce, probe_acc), probe_grads = jax.value_and_grad(self.probe_loss, has_aux=True)(
+            probe_params, features, labels)
+        probe_params, probe_opt_state = self.apply_gradients(probe_tx, probe_grads, probe_params,
+                                                             probe_opt_state)
+        return probe_params, probe_opt_state, {"probe_loss": probe_ce, "probe_top1": probe_acc}
+
+
+def apply_per_view(model: nn.Module, params: Any, state: Any, views: jax.Array,
+                   ) -> tuple[list[jax.Array], list[jax.Array], Any]:
+    """Train-mode forward passes, one per view, as the official codes run ``model(y1)``,
+    ``model(y2)``: BatchNorm normalises each view with its own statistics, and the running
+    statistics are updated once per view, in order (what two PyTorch calls do).
+
+    Args:
+      views: ``[B, V, H, W, C]``.
+
+    Returns:
+      ``(features, projections, state)``: per-view lists of ``[B, F]`` and ``[B, D]``
+      (float32), and ``state`` with the new ``batch_stats``.
+    """
+    features, projections = [], []
+    batch_stats = state["batch_stats"]
+    for v in range(views.shape[1]):
+        (f, z), updates = model.apply({"params": params, "batch_stats": batch_stats},
+                                      views[:, v], train=True, mutable=["batch_stats"])
+        batch_stats = updates.get("batch_stats", batch_stats)  # none without BatchNorm (a ViT)
+        features.append(f)
+        projections.append(z.astype(jnp.promote_types(z.dtype, jnp.float32)))
+    return features, projections, dict(state, batch_stats=batch_stats)
+
+
+class TwoViewMethod(Method):
+    """A backbone and a projector (``config.projector``), one forward pass per view (Barlow
+    Twins, VICReg, CorInfoMax); subclasses define the loss."""
+
+    min_views = 2
+
+    def __init__(self, config, *, num_classes, run=None):
+        super().__init__(config, num_classes=num_classes, run=run)
+        self.model = EncoderWithHead(backbone=build_backbone(config.model),
+                                     head=build_head(config.projector,
+                                                     compute_dtype(config.model.dtype)))
+
+    def project(self, params, state, views):
+        """Per-view features and projections (the method's view of the model output)."""
+        return apply_per_view(self.model, params, state, views)

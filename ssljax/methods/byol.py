@@ -34,6 +34,7 @@ with the train state, whichever ``target_init``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -43,8 +44,7 @@ import jax.numpy as jnp
 from ssljax import losses, models
 from ssljax.config import ConfigError
 from ssljax.methods import base, register
-from ssljax.methods.moco import ema
-from ssljax.methods.simclr import EncoderWithHead
+from ssljax.methods.momentum import ema
 
 
 class OnlineNetwork(nn.Module):
@@ -85,9 +85,23 @@ def target_init_key(rng: jax.Array) -> jax.Array:
 def _mlp(cfg, dtype) -> models.MLP:
     # The reference's networks.MLP: the hidden Linear has a bias, the last one none. Configs
     # without the keys get the reference's choice.
-    return models.MLP(hidden_dims=tuple(cfg.hidden_dims), out_dim=cfg.out_dim, use_bn=cfg.use_bn,
-                      last_bn=cfg.last_bn, use_bias_hidden=cfg.get("use_bias_hidden", True),
-                      use_bias_last=cfg.get("use_bias_last", False), dtype=dtype)
+    return base.build_head(cfg, dtype, use_bias_hidden=True, use_bias_last=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class BYOLSettings:
+    """BYOL's hyper-parameters (``config.byol``)."""
+    base_momentum: float = 0.996  # the target's EMA momentum at step 0 (cosine to 1)
+    target_init: str = "independent"  # or 'copy'
+
+    def __post_init__(self):
+        if not 0.0 <= self.base_momentum <= 1.0:
+            raise ConfigError(f"byol.base_momentum={self.base_momentum} must be in [0, 1]; "
+                              "set --config.byol.base_momentum (BYOL: 0.996).")
+        if self.target_init not in TARGET_INITS:
+            raise ConfigError(f"byol.target_init={self.target_init!r} is not valid; use "
+                              "'independent' (the target's own random init, as the reference) "
+                              "or 'copy' (a copy of the online network).")
 
 
 @register
@@ -95,22 +109,16 @@ class BYOL(base.Method):
     name = "byol"
     min_views = 2
 
-    def __init__(self, config, *, num_classes):
-        super().__init__(config, num_classes=num_classes)
-        if not 0.0 <= config.byol.base_momentum <= 1.0:
-            raise ConfigError(f"byol.base_momentum={config.byol.base_momentum} must be in [0, 1] "
-                              "(BYOL: 0.996).")
-        self.target_init = config.byol.get("target_init", "independent")
-        if self.target_init not in TARGET_INITS:
-            raise ConfigError(f"byol.target_init={self.target_init!r} is not valid; use "
-                              "'independent' (the target's own random init, as the reference) "
-                              "or 'copy' (a copy of the online network).")
+    def __init__(self, config, *, num_classes, run=None):
+        super().__init__(config, num_classes=num_classes, run=run)
+        self.settings = base.from_section(BYOLSettings, config.byol)
+        self.target_init = self.settings.target_init
         dtype = base.compute_dtype(config.model.dtype)
         backbone = base.build_backbone(config.model)
         head = _mlp(config.projector, dtype)
         self.model = OnlineNetwork(backbone=backbone, head=head,
                                    predictor=_mlp(config.predictor, dtype))
-        self.target = EncoderWithHead(backbone=backbone, head=head)
+        self.target = base.EncoderWithHead(backbone=backbone, head=head)
 
     def init_model(self, rng, batch):
         x = batch["views"][:, 0]
@@ -129,10 +137,11 @@ class BYOL(base.Method):
         return params, {"batch_stats": stats, "target": target}
 
     def momentum(self, step: jax.Array) -> jax.Array:
-        if self.total_steps <= 0:
-            raise ValueError("BYOL's target schedule needs the run length; build the step with "
-                             "ssljax.train.build_step (it sets method.total_steps).")
-        return target_momentum(step, self.total_steps, self.config.byol.base_momentum)
+        if self.run.total_steps <= 0:
+            raise ValueError("BYOL's target schedule needs the run length; build the method "
+                             "with run=RunFacts(total_steps=...) (ssljax.methods.base), or set "
+                             "--config.total_steps.")
+        return target_momentum(step, self.run.total_steps, self.settings.base_momentum)
 
     def loss(self, params, state, batch, rng, step):
         del rng
@@ -163,7 +172,3 @@ class BYOL(base.Method):
         target = state["target"]
         return dict(state, target=dict(target, params=ema(target["params"], online,
                                                           self.momentum(step))))
-
-    def embed(self, params, state, images):
-        return self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
-                                method=OnlineNetwork.features)

@@ -28,6 +28,7 @@ As the official code (serdarozsoy/corinfomax-ssl, ``cifars-tiny``) does it:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import jax
@@ -38,7 +39,6 @@ from ssljax.config import ConfigError
 from ssljax.losses._common import l2_normalize
 from ssljax.losses.information import _x64_scope
 from ssljax.methods import base, register
-from ssljax.methods.barlow_twins import TwoViewMethod
 
 
 logger = logging.getLogger(__name__)
@@ -46,22 +46,50 @@ logger = logging.getLogger(__name__)
 STATE_DTYPES = ("float64", "float32")
 
 
+@dataclasses.dataclass(frozen=True)
+class CorInfoMaxSettings:
+    """CorInfoMax's hyper-parameters (``config.loss``, ``config.corinfomax``) and the
+    projection width its running covariances have (``config.projector.out_dim``)."""
+    dim: int
+    sim_weight: float = 250.0  # the paper's alpha
+    la_R: float = 0.01  # covariance forgetting factor
+    la_mu: float = 0.01  # mean forgetting factor
+    eps: float = 1e-8
+    r_init: float = 1.0  # the initial covariance scale
+    state_dtype: str = "float64"
+
+    def __post_init__(self):
+        if self.state_dtype not in STATE_DTYPES:
+            raise ConfigError(f"corinfomax.state_dtype={self.state_dtype!r} is not valid; "
+                              "set --config.corinfomax.state_dtype to 'float64' (the official "
+                              "precision, the default) or 'float32'.")
+        for name in ("la_R", "la_mu"):
+            value = getattr(self, name)
+            base.check(0 <= value <= 1, f"loss.{name}={value} must be in [0, 1]; set "
+                       f"--config.loss.{name} (CorInfoMax: 0.01).")
+        base.check(self.eps > 0, f"loss.eps={self.eps} must be > 0; set --config.loss.eps "
+                   "(CorInfoMax: 1e-8).")
+
+    @classmethod
+    def from_config(cls, config) -> CorInfoMaxSettings:
+        own = config.get("corinfomax", {})
+        return base.from_section(cls, config.loss, dim=config.projector.out_dim,
+                                 state_dtype=own.get("state_dtype", "float64"))
+
+
 @register
-class CorInfoMax(TwoViewMethod):
+class CorInfoMax(base.TwoViewMethod):
     name = "corinfomax"
 
-    def __init__(self, config, *, num_classes):
-        super().__init__(config, num_classes=num_classes)
-        state_dtype = config.get("corinfomax", {}).get("state_dtype", "float64")
-        if state_dtype not in STATE_DTYPES:
-            raise ConfigError(f"corinfomax.state_dtype={state_dtype!r} is not valid; use "
-                              "'float64' (the official precision, the default) or 'float32'.")
-        self.state_dtype = jnp.dtype(state_dtype)
+    def __init__(self, config, *, num_classes, run=None):
+        super().__init__(config, num_classes=num_classes, run=run)
+        self.settings = CorInfoMaxSettings.from_config(config)
+        self.state_dtype = jnp.dtype(self.settings.state_dtype)
 
     def init_model(self, rng, batch):
         params, state = super().init_model(rng, batch)
-        state["corinfomax"] = losses.corinfomax_init(self.config.projector.out_dim,
-                                                     r_init=self.config.loss.r_init,
+        state["corinfomax"] = losses.corinfomax_init(self.settings.dim,
+                                                     r_init=self.settings.r_init,
                                                      dtype=self.state_dtype)
         return params, state
 
@@ -74,10 +102,10 @@ class CorInfoMax(TwoViewMethod):
     def loss(self, params, state, batch, rng, step):
         del rng, step
         features, (z1, z2), state = self.project(params, state, batch["views"])
-        lc = self.config.loss
+        st = self.settings
         loss, cim_state, parts = losses.corinfomax(
-            z1, z2, self._configured_state(state["corinfomax"]), sim_weight=lc.sim_weight,
-            la_R=lc.la_R, la_mu=lc.la_mu, eps=lc.eps, return_parts=True)
+            z1, z2, self._configured_state(state["corinfomax"]), sim_weight=st.sim_weight,
+            la_R=st.la_R, la_mu=st.la_mu, eps=st.eps, return_parts=True)
         return loss, base.LossOutput(state=dict(state, corinfomax=cim_state), metrics=parts,
                                      features=jax.lax.stop_gradient(features[0]))
 

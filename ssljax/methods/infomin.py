@@ -3,7 +3,8 @@
 As the official code (HobbitLong/PyContrast, ``--method InfoMin``: ``RGBMultiHeads``,
 ``RGBMoCo``, ``ContrastTrainer._train_moco``) computes it:
 
-* everything of :class:`ssljax.methods.moco.MoCo` (queue, EMA key encoder, shuffled BN),
+* everything of MoCo v2 (:class:`ssljax.methods.momentum.QueueContrast`: queue, EMA key
+  encoder, shuffled BN),
   with InfoMin Aug on both crops (``data.augment.randaugment_n = 2``, see
   ``ssljax/data/infomin_aug.py``);
 * a jigsaw branch: the 9 patches of a third view of each image (``batch['jigsaw']``,
@@ -19,6 +20,9 @@ The key encoder is the EMA of all query parameters (the official ``model_ema`` i
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -26,7 +30,7 @@ import jax.numpy as jnp
 from ssljax import losses, models
 from ssljax.config import ConfigError
 from ssljax.methods import base, register
-from ssljax.methods.moco import MoCo, contrast_accuracy, group_apply
+from ssljax.methods.momentum import QueueContrast, contrast_accuracy, group_apply
 
 
 class JigsawHead(nn.Module):
@@ -67,20 +71,48 @@ class InfoMinNet(nn.Module):
         return self.backbone(x, train=False)
 
 
+@dataclasses.dataclass(frozen=True)
+class InfoMinSettings:
+    """InfoMin's own hyper-parameters (``config.infomin``) and its jigsaw view
+    (``config.data.jigsaw``: the pipeline's settings; the model needs the patch side)."""
+    beta: float = 0.5  # weight of the jigsaw term
+    jigsaw: Mapping[str, Any] | None = None
+
+    def __post_init__(self):
+        if not 0.0 <= self.beta <= 1.0:
+            raise ConfigError(f"infomin.beta={self.beta} must be in [0, 1]; set "
+                              "--config.infomin.beta (InfoMin: 0.5).")
+
+    @property
+    def patch(self) -> int:
+        """The side of a jigsaw patch."""
+        if not self.jigsaw:
+            raise ConfigError("InfoMin needs the jigsaw view: set config.data.jigsaw (see "
+                              "configs/infomin.py).")
+        return self.jigsaw["patch"]
+
+    @classmethod
+    def from_config(cls, config) -> InfoMinSettings:
+        jigsaw = config.data.get("jigsaw")
+        return base.from_section(cls, config.infomin,
+                                 jigsaw=jigsaw.to_dict() if jigsaw else None)
+
+
 @register
-class InfoMin(MoCo):
+class InfoMin(QueueContrast):
     name = "infomin"
 
-    def __init__(self, config, *, num_classes):
-        super().__init__(config, num_classes=num_classes)
-        if not 0.0 <= config.infomin.beta <= 1.0:
-            raise ConfigError(f"infomin.beta={config.infomin.beta} must be in [0, 1] (InfoMin: 0.5).")
-        dtype = base.compute_dtype(config.model.dtype)
-        p = config.projector
-        fc1 = models.MLP(hidden_dims=tuple(p.hidden_dims), out_dim=p.out_dim, use_bn=p.use_bn,
-                         last_bn=p.last_bn, dtype=dtype)
+    def __init__(self, config, *, num_classes, run=None):
+        super().__init__(config, num_classes=num_classes, run=run)
+        self.infomin = InfoMinSettings.from_config(config)
+        fc1 = base.build_head(config.projector, base.compute_dtype(config.model.dtype))
         self.model = InfoMinNet(backbone=self.model.backbone, head=self.model.head,
-                                jig_head=JigsawHead(fc1=fc1, out_dim=p.out_dim))
+                                jig_head=JigsawHead(fc1=fc1, out_dim=config.projector.out_dim))
+
+    @property
+    def input_spec(self) -> base.InputSpec:
+        """Two views and the jigsaw view (``config.data.jigsaw``)."""
+        return base.InputSpec(min_views=self.min_views, jigsaw=self.infomin.jigsaw)
 
     @staticmethod
     def _patches(batch):
@@ -95,8 +127,8 @@ class InfoMin(MoCo):
         model_rng, queue_rng = jax.random.split(rng)
         example = dict(batch)
         if "jigsaw" not in example:  # evaluation builds a random encoder from views alone
-            jig = self.config.data.jigsaw
-            example["jigsaw"] = jnp.zeros(batch["views"].shape[:1] + (9, jig.patch, jig.patch)
+            patch = self.infomin.patch
+            example["jigsaw"] = jnp.zeros(batch["views"].shape[:1] + (9, patch, patch)
                                           + batch["views"].shape[-1:])
         patches, b, k = self._patches(example)
         perm = jnp.tile(jnp.arange(k), (b, 1))
@@ -117,7 +149,7 @@ class InfoMin(MoCo):
                                             method=InfoMinNet.jigsaw)
             return out, updates.get("batch_stats", {})
 
-        groups = self.config.moco.bn_groups
+        groups = self.moco.bn_groups
         # Group g holds the patches of the images of group g (k consecutive rows per image).
         patches = patches.reshape((b, k) + patches.shape[1:])
         q_jig, stats = group_apply(
@@ -131,14 +163,10 @@ class InfoMin(MoCo):
         queue = state["queue"]  # before the enqueue, for the jigsaw logits too
         l_inst, metrics, features, k, state = self.contrast(params, state, batch, shuffle_rng)
         q_jig, batch_stats = self.jigsaw_query(params, state["batch_stats"], batch, jig_rng)
-        l_jig = losses.infonce(q_jig, k, temperature=self.config.moco.temperature, queue=queue)
-        beta = self.config.infomin.beta
+        l_jig = losses.infonce(q_jig, k, temperature=self.moco.temperature, queue=queue)
+        beta = self.infomin.beta
         metrics.update(instance_loss=l_inst, jigsaw_loss=l_jig,
                        jigsaw_acc=contrast_accuracy(jax.lax.stop_gradient(q_jig), k, queue))
         return (1 - beta) * l_inst + beta * l_jig, base.LossOutput(
             state=dict(state, batch_stats=batch_stats), metrics=metrics,
             features=jax.lax.stop_gradient(features))
-
-    def embed(self, params, state, images):
-        return self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
-                                method=InfoMinNet.features)

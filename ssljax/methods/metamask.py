@@ -27,10 +27,12 @@ Where things live: ``m`` and its optimizer state are method state (``ts.state['m
 ``ts.state['mask_opt']``), so the trainer's optimizer only ever sees the network parameters
 and the trainer needs no MetaMask-specific code.
 
-The momentum buffer ``buf`` is read from the trainer's optax state: the one
-``optax.TraceState`` in it (``optim.make_optimizer('sgd')`` is ``add_decayed_weights`` then
-``sgd``, whose trace *is* PyTorch's ``momentum_buffer``). The virtual step is only the replay
-of an SGD step for momentum SGD with coupled weight decay, so other optimizers are rejected.
+The momentum buffer ``buf`` is read from the trainer's optimizer state by
+:func:`ssljax.optim.momentum_buffer` (the optimizer module knows its own state: PyTorch's
+``momentum_buffer``). The virtual step is only the replay of an SGD step for momentum SGD
+with coupled weight decay, so other optimizers are rejected. The step itself is the base
+class's (:meth:`ssljax.methods.base.Method.train_step`: the model's optimizer step and the
+online probe); MetaMask extends its hook :meth:`MetaMask.model_step` with the meta step.
 
 BatchNorm: as in the official code each view goes through the network on its own (per-view
 batch statistics; the running statistics are updated once per view). Every virtual and
@@ -47,6 +49,7 @@ Learning", NeurIPS 2022; jiangmengli/MetaMask ``meta-mask.py``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -54,7 +57,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ssljax import losses, models, optim
+from ssljax import losses, optim
 from ssljax.config import ConfigError
 from ssljax.methods import base, register
 
@@ -85,21 +88,52 @@ class MaskedTwoHeads(nn.Module):
         return self.backbone(x, train=False)
 
 
-def momentum_buffer(opt_state: PyTree, params: PyTree) -> PyTree:
-    """The momentum buffer (optax ``TraceState.trace``) of a momentum-SGD optimizer state.
+# Re-exported: its home is ssljax.optim.
+momentum_buffer = optim.momentum_buffer
 
-    Assumes, as ``optim.make_optimizer('sgd')`` builds it, exactly one ``optax.TraceState``
-    whose ``trace`` has the structure of ``params``.
-    """
-    traces = [s.trace for s in jax.tree.leaves(
-        opt_state, is_leaf=lambda s: isinstance(s, optax.TraceState))
-        if isinstance(s, optax.TraceState)]
-    if len(traces) != 1 or jax.tree.structure(traces[0]) != jax.tree.structure(params):
-        raise ValueError(
-            "MetaMask's virtual step needs the momentum buffer of a momentum-SGD optimizer, "
-            f"but the optimizer state holds {len(traces)} matching optax.TraceState; use "
-            "--config.optimizer.name=sgd with --config.optimizer.momentum > 0.")
-    return traces[0]
+
+@dataclasses.dataclass(frozen=True)
+class MetaMaskSettings:
+    """MetaMask's hyper-parameters (``config.metamask``) and the facts of the model's
+    optimizer that its virtual step replays (``config.optimizer``: momentum SGD)."""
+    weight_bt: float = 1.0
+    weight_cl: float = 10.0
+    temperature: float = 0.07  # NT-Xent of the SimCLR head
+    bt_lambd: float = 5e-3
+    meta_grad: str = "exact"
+    fd_r: float = 0.01
+    mask_lr: float = 1e-3
+    mask_momentum: float = 0.9
+    mask_weight_decay: float = 5e-4
+    mask_lr_follows_schedule: bool = True
+    # The model's optimizer, as the virtual step replays it.
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    decay_all: bool = True  # weight decay on every parameter (not optimizer.exclude_bias_and_norm)
+
+    def __post_init__(self):
+        if self.meta_grad not in META_GRADS:
+            raise ConfigError(f"metamask.meta_grad={self.meta_grad!r} is not known; set "
+                              "--config.metamask.meta_grad to one of "
+                              f"{', '.join(repr(g) for g in META_GRADS)}.")
+        if self.meta_grad != "none" and (self.optimizer != "sgd" or self.nesterov
+                                         or self.momentum <= 0):
+            raise ConfigError(
+                "MetaMask's virtual step replays a momentum-SGD step; set "
+                "--config.optimizer.name=sgd, --config.optimizer.momentum > 0 and "
+                f"--config.optimizer.nesterov=False (got {self.optimizer}, momentum "
+                f"{self.momentum}, nesterov {self.nesterov}).")
+        base.check(self.temperature > 0, f"metamask.temperature={self.temperature} must be > 0; "
+                   "set --config.metamask.temperature (MetaMask: 0.07).")
+
+    @classmethod
+    def from_config(cls, config) -> MetaMaskSettings:
+        oc = config.optimizer
+        return base.from_section(cls, config.metamask, optimizer=oc.name, momentum=oc.momentum,
+                                 nesterov=oc.nesterov, weight_decay=oc.weight_decay,
+                                 decay_all=not oc.exclude_bias_and_norm)
 
 
 @register
@@ -107,42 +141,28 @@ class MetaMask(base.Method):
     name = "metamask"
     min_views = 2
 
-    def __init__(self, config, *, num_classes, backbone: nn.Module | None = None,
+    def __init__(self, config, *, num_classes, run=None, backbone: nn.Module | None = None,
                  bt_head: nn.Module | None = None, cl_head: nn.Module | None = None):
         """``backbone``, ``bt_head`` and ``cl_head`` replace the modules the config names
         (tests use tiny float64 networks)."""
-        super().__init__(config, num_classes=num_classes)
-        mc = config.metamask
-        if mc.meta_grad not in META_GRADS:
-            raise ConfigError(f"metamask.meta_grad={mc.meta_grad!r} is not known; use one of "
-                              f"{', '.join(repr(g) for g in META_GRADS)}.")
-        oc = config.optimizer
-        if mc.meta_grad != "none" and (oc.name != "sgd" or oc.nesterov or oc.momentum <= 0):
-            raise ConfigError(
-                "MetaMask's virtual step replays a momentum-SGD step; set "
-                "--config.optimizer.name=sgd, --config.optimizer.momentum > 0 and "
-                f"--config.optimizer.nesterov=False (got {oc.name}, momentum {oc.momentum}, "
-                f"nesterov {oc.nesterov}).")
+        super().__init__(config, num_classes=num_classes, run=run)
+        self.settings = mc = MetaMaskSettings.from_config(config)
         dtype = base.compute_dtype(config.model.dtype)
         if backbone is None:
             backbone = base.build_backbone(config.model)
 
-        def head(cfg):
-            return models.MLP(hidden_dims=tuple(cfg.hidden_dims), out_dim=cfg.out_dim,
-                              use_bn=cfg.use_bn, last_bn=cfg.last_bn, dtype=dtype)
-
         self.model = MaskedTwoHeads(
             backbone=backbone,
-            bt_head=head(config.bt_projector) if bt_head is None else bt_head,
-            cl_head=head(config.cl_projector) if cl_head is None else cl_head)
+            bt_head=base.build_head(config.bt_projector, dtype) if bt_head is None else bt_head,
+            cl_head=base.build_head(config.cl_projector, dtype) if cl_head is None else cl_head)
         self.meta_grad = mc.meta_grad
-        self.mu = oc.momentum
-        self.weight_decay = oc.weight_decay
-        self.decay_all = not oc.exclude_bias_and_norm
+        self.mu = mc.momentum
+        self.weight_decay = mc.weight_decay
+        self.decay_all = mc.decay_all
         # PyTorch SGD for the mask: buf = mu * buf + (g + wd * m); m -= lr * buf.
         self.mask_tx = optax.chain(optax.add_decayed_weights(mc.mask_weight_decay),
                                    optax.trace(decay=mc.mask_momentum))
-        self.peak_lr = optim.base_learning_rate(oc, config.batch_size)
+        self.peak_lr = self.run.peak_lr
 
     # -- the model ------------------------------------------------------------------------
     def mask_values(self, m: jax.Array) -> jax.Array:
@@ -174,11 +194,11 @@ class MetaMask(base.Method):
     def cl_loss(self, params, batch_stats, views, m) -> jax.Array:
         """``L_CL(theta, M(m))``: NT-Xent of the SimCLR head on the masked features."""
         outs, _ = self.forward(params, batch_stats, views, self.mask_values(m), bt=False, cl=True)
-        return losses.nt_xent(outs[0][2], outs[1][2], temperature=self.config.metamask.temperature)
+        return losses.nt_xent(outs[0][2], outs[1][2], temperature=self.settings.temperature)
 
     def loss(self, params, state, batch, rng, step):
         del rng, step
-        mc = self.config.metamask
+        mc = self.settings
         mask = self.mask_values(state["mask"])
         with_cl = mc.weight_cl != 0
         outs, batch_stats = self.forward(params, state["batch_stats"], batch["views"], mask,
@@ -216,7 +236,7 @@ class MetaMask(base.Method):
     def meta_gradient(self, params_1, batch_stats, buf, m, views, eta, *,
                       kind: str | None = None, r: float | None = None):
         """``(L_CL(theta', M), g_m)`` for ``kind`` ('exact', 'first_order' or
-        'finite_difference'; default ``config.metamask.meta_grad``)."""
+        'finite_difference'; default ``metamask.meta_grad``)."""
         kind = kind or self.meta_grad
         if kind == "exact":
             return jax.value_and_grad(self.meta_objective, argnums=3)(
@@ -227,7 +247,7 @@ class MetaMask(base.Method):
             return jax.value_and_grad(self.cl_loss, argnums=3)(theta, batch_stats, views, m)
         if kind != "finite_difference":
             raise ValueError(f"Unknown meta-gradient kind {kind!r}; use one of {META_GRADS[:3]}.")
-        r = self.config.metamask.fd_r if r is None else r
+        r = self.settings.fd_r if r is None else r
         value, (v, g1) = jax.value_and_grad(self.cl_loss, argnums=(0, 3))(
             theta, batch_stats, views, m)
         norm = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(v)))
@@ -241,27 +261,19 @@ class MetaMask(base.Method):
 
     def mask_lr(self, schedule, step) -> jax.Array:
         """The mask's learning rate: ``metamask.mask_lr``, annealed like the model's."""
-        lr = self.config.metamask.mask_lr
-        if self.config.metamask.mask_lr_follows_schedule and self.peak_lr > 0:
+        lr = self.settings.mask_lr
+        if self.settings.mask_lr_follows_schedule and self.peak_lr > 0:
             return lr * schedule(step) / self.peak_lr
         return jnp.asarray(lr, jnp.float32)
 
-    def train_step(self, ts, batch, rng, tx, probe_tx, schedule):
-        """Model step on ``L_BT + weight_cl L_CL``, then the mask's meta step; and the probe."""
-        rng = jax.random.fold_in(rng, ts.step)
-
-        # 1. The model step (the mask is fixed; only the meta step moves it).
-        (loss, out), grads = jax.value_and_grad(self.loss, has_aux=True)(
-            ts.params, ts.state, batch, rng, ts.step)
-        updates, opt_state = tx.update(grads, ts.opt_state, ts.params)
-        params = optax.apply_updates(ts.params, updates)
-        state = out.state
-        lr = schedule(ts.step)
-        metrics = dict(out.metrics, loss=loss, lr=lr)
-
-        # 2-4. Virtual step, meta-gradient of the mask, mask step.
+    def model_step(self, ts, batch, rng, tx, schedule):
+        """The model step on ``L_BT + weight_cl L_CL`` (the base class's, the mask fixed),
+        then the mask's meta step (2-4 above)."""
+        params, opt_state, state, features, metrics = super().model_step(ts, batch, rng, tx,
+                                                                         schedule)
         if self.meta_grad != "none":
-            buf = momentum_buffer(opt_state, params)
+            buf = optim.momentum_buffer(opt_state, params)
+            lr = metrics["lr"]
             meta_loss, g_m = self.meta_gradient(params, state["batch_stats"], buf, state["mask"],
                                                 batch["views"], lr)
             mask_updates, mask_opt = self.mask_tx.update(g_m, state["mask_opt"], state["mask"])
@@ -271,16 +283,4 @@ class MetaMask(base.Method):
                            mask_lr=mask_lr)
         mask = self.mask_values(state["mask"])
         metrics.update(mask_mean=jnp.mean(mask), mask_min=jnp.min(mask), mask_max=jnp.max(mask))
-
-        # The online probe, as in Method.train_step.
-        (probe_ce, probe_acc), probe_grads = jax.value_and_grad(self.probe_loss, has_aux=True)(
-            ts.probe_params, out.features, batch["label"])
-        probe_updates, probe_opt_state = probe_tx.update(probe_grads, ts.probe_opt_state,
-                                                         ts.probe_params)
-        probe_params = optax.apply_updates(ts.probe_params, probe_updates)
-        metrics.update(probe_loss=probe_ce, probe_top1=probe_acc)
-
-        new_ts = base.TrainState(step=ts.step + 1, params=params, opt_state=opt_state,
-                                 state=state, probe_params=probe_params,
-                                 probe_opt_state=probe_opt_state)
-        return new_ts, metrics
+        return params, opt_state, state, features, metrics

@@ -25,6 +25,9 @@ is **our reading** (METHODS.md), and each choice is a config field:
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, Mapping
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,8 +36,7 @@ import ml_collections
 from ssljax import losses, models
 from ssljax.config import ConfigError
 from ssljax.data.specs import dataset_info
-from ssljax.methods import base, register
-from ssljax.methods.simclr import build_projector
+from ssljax.methods import base, momentum, register
 
 
 def num_masked(ratio: float, num_patches: int) -> int:
@@ -124,46 +126,90 @@ def build_decoder(config: ml_collections.ConfigDict, backbone: nn.Module, channe
     return models.ConvDecoder(channels=tuple(dc.channels), out_channels=channels, dtype=dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class MRCLSettings:
+    """MRCL's hyper-parameters (``config.mrcl``), its masks (``config.data.mask``, None when
+    off: the pipeline draws them) and the facts of the run they must fit."""
+    num_views: int
+    batch_size: int
+    dim: int  # the projection width (``config.projector.out_dim``): the queue's keys
+    channels: int  # image channels the decoder reconstructs
+    mask: Mapping[str, Any] | None = None
+    lambda_rec: float = 1.0
+    contrast: str = "nt_xent"
+    temperature: float = 0.5
+    block_size: int = 0
+    norm_pix: bool = True
+    rec_on: str = "masked"
+    rec_patch_size: int = 4
+    mask_token: bool = False
+    queue_size: int = 4096
+    moco_momentum: float = 0.99
+
+    def __post_init__(self):
+        if self.contrast not in ("nt_xent", "infonce"):
+            raise ConfigError(f"mrcl.contrast={self.contrast!r} is not known; set "
+                              "--config.mrcl.contrast to 'nt_xent' or 'infonce'.")
+        if self.rec_on not in ("masked", "all"):
+            raise ConfigError(f"mrcl.rec_on={self.rec_on!r} is not known; set "
+                              "--config.mrcl.rec_on to 'masked' or 'all'.")
+        if (self.lambda_rec > 0 and self.rec_on == "masked"
+                and (self.mask is None or self.mask["ratio"] == 0)):
+            raise ConfigError("Reconstructing masked patches with nothing masked gives a zero "
+                              "loss; set --config.mrcl.rec_on=all or a data.mask.ratio above 0.")
+        if self.num_views < 2:
+            raise ConfigError("mrcl contrasts two views; set --config.data.num_views=2.")
+        if self.contrast == "infonce" and self.queue_size % self.batch_size:
+            # The queue is a ring of whole batches.
+            raise ConfigError(f"mrcl.queue_size={self.queue_size} must be a multiple of "
+                              f"batch_size={self.batch_size}; set --config.mrcl.queue_size.")
+        base.check(self.temperature > 0, f"mrcl.temperature={self.temperature} must be > 0; "
+                   "set --config.mrcl.temperature.")
+
+    @property
+    def patch(self) -> int:
+        """The side of a mask (and reconstruction) patch."""
+        return self.mask["patch_size"] if self.mask is not None else self.rec_patch_size
+
+    @classmethod
+    def from_config(cls, config, run: base.RunFacts) -> MRCLSettings:
+        mask = config.data.get("mask")
+        if mask is not None and not mask.get("enabled", True):
+            mask = None
+        channels = dataset_info(config.data.name).image_shape[-1]
+        return base.from_section(cls, config.mrcl, num_views=config.data.num_views,
+                                 batch_size=run.batch_size, dim=config.projector.out_dim,
+                                 channels=channels,
+                                 mask=None if mask is None else mask.to_dict())
+
+
 @register
 class MRCL(base.Method):
     name = "mrcl"
     min_views = 2
 
-    def __init__(self, config, *, num_classes):
-        super().__init__(config, num_classes=num_classes)
-        mc = config.mrcl
-        self.mask = config.data.get("mask")
-        if self.mask is not None and not self.mask.get("enabled", True):
-            self.mask = None
-        if mc.contrast not in ("nt_xent", "infonce"):
-            raise ConfigError(f"mrcl.contrast={mc.contrast!r} is not known; use 'nt_xent' or "
-                              "'infonce'.")
-        if mc.rec_on not in ("masked", "all"):
-            raise ConfigError(f"mrcl.rec_on={mc.rec_on!r} is not known; use 'masked' or 'all'.")
-        if (mc.lambda_rec > 0 and mc.rec_on == "masked"
-                and (self.mask is None or self.mask.ratio == 0)):
-            raise ConfigError("Reconstructing masked patches with nothing masked gives a zero "
-                              "loss; set --config.mrcl.rec_on=all or a data.mask.ratio above 0.")
-        if config.data.num_views < 2:
-            raise ConfigError("mrcl contrasts two views; set --config.data.num_views=2.")
-        if mc.contrast == "infonce" and mc.queue_size % config.batch_size:
-            # The queue is a ring of whole batches.
-            raise ConfigError(f"mrcl.queue_size={mc.queue_size} must be a multiple of "
-                              f"batch_size={config.batch_size}; set --config.mrcl.queue_size.")
+    def __init__(self, config, *, num_classes, run=None):
+        super().__init__(config, num_classes=num_classes, run=run)
+        self.settings = mc = MRCLSettings.from_config(config, self.run)
+        self.mask = mc.mask
         dtype = base.compute_dtype(config.model.dtype)
         backbone = base.build_backbone(config.model)
-        self.patch = self.mask.patch_size if self.mask is not None else mc.rec_patch_size
+        self.patch = mc.patch
         if isinstance(backbone, models.ViT) and self.patch != backbone.patch_size:
             raise ConfigError(f"With a ViT the mask patches are its tokens: set "
                               f"--config.data.mask.patch_size={backbone.patch_size} (now "
                               f"{self.patch}) or change model.patch_size.")
-        channels = dataset_info(config.data.name).image_shape[-1]
-        decoder = (build_decoder(config, backbone, channels, dtype) if mc.lambda_rec > 0
+        decoder = (build_decoder(config, backbone, mc.channels, dtype) if mc.lambda_rec > 0
                    else None)
-        self.model = MRCLModel(backbone=backbone, head=build_projector(config.projector, dtype),
+        self.model = MRCLModel(backbone=backbone, head=base.build_head(config.projector, dtype),
                                decoder=decoder, mask_patch=self.patch,
                                mask_token=mc.mask_token,
                                decode_stage=config.decoder.get("stage", "stage4"))
+
+    @property
+    def input_spec(self) -> base.InputSpec:
+        """Two views and, when ``data.mask`` is on, their patch masks."""
+        return base.InputSpec(min_views=self.min_views, masks=self.mask)
 
     # -- static facts of a batch ----------------------------------------------------------
     def _masked_counts(self, views, masks) -> tuple[int, ...]:
@@ -174,14 +220,14 @@ class MRCL(base.Method):
         if masks.shape[1:] != (v, grid, grid):
             raise ValueError(f"masks {masks.shape} do not match views {views.shape} with "
                              f"{self.patch}-pixel patches; expected [B, {v}, {grid}, {grid}].")
-        count = num_masked(self.mask.ratio, grid * grid)
-        return tuple(count if i in tuple(self.mask.views) else 0 for i in range(v))
+        count = num_masked(self.mask["ratio"], grid * grid)
+        return tuple(count if i in tuple(self.mask["views"]) else 0 for i in range(v))
 
     def _decode_views(self, num_views: int) -> tuple[int, ...]:
         if self.model.decoder is None:
             return ()
         if self.mask is not None:
-            return tuple(sorted(set(self.mask.views)))
+            return tuple(sorted(set(self.mask["views"])))
         return tuple(range(num_views))
 
     # -- the method contract --------------------------------------------------------------
@@ -198,13 +244,12 @@ class MRCL(base.Method):
                                     decode_views=self._decode_views(2), train=False)
         params = variables["params"]
         state = {"batch_stats": variables.get("batch_stats", {})}
-        mc = self.config.mrcl
+        mc = self.settings
         if mc.contrast == "infonce":
-            dim = self.config.projector.out_dim
+            dim = mc.dim
             queue = jax.random.normal(queue_rng, (mc.queue_size, dim), jnp.float32)
             state.update(
-                target={"params": jax.tree.map(jnp.copy, params),
-                        "batch_stats": jax.tree.map(jnp.copy, state["batch_stats"])},
+                target=momentum.copy_encoder(params, state["batch_stats"]),
                 queue=queue / jnp.linalg.norm(queue, axis=1, keepdims=True),
                 queue_ptr=jnp.zeros((), jnp.int32))
         return params, state
@@ -225,23 +270,23 @@ class MRCL(base.Method):
         decode_views = self._decode_views(views.shape[1])
         b, _, size = views.shape[:3]
         grid = size // self.patch
-        if masks is None and self.config.mrcl.rec_on == "masked":
+        if masks is None and self.settings.rec_on == "masked":
             raise ValueError("The batch has no 'masks': build the pipeline with data.mask "
                              "(ssljax.data.mask_config_from(config.data.mask)).")
         terms = []
         for pred, v in zip(recon, decode_views):
-            if self.config.mrcl.rec_on == "all":
+            if self.settings.rec_on == "all":
                 weights = jnp.ones((b, grid, grid), jnp.float32)
             else:
                 weights = masks[:, v]
             terms.append(losses.masked_reconstruction(
-                pred, views[:, v], weights, norm_pix=self.config.mrcl.norm_pix,
+                pred, views[:, v], weights, norm_pix=self.settings.norm_pix,
                 patch_size=self.patch))
         return sum(terms) / len(terms)
 
     def loss(self, params, state, batch, rng, step):
         del rng, step
-        mc = self.config.mrcl
+        mc = self.settings
         views = batch["views"]
         (features, z, recon), batch_stats = self.forward(params, state, batch)
         zs = jnp.split(z.astype(jnp.promote_types(z.dtype, jnp.float32)), views.shape[1])
@@ -265,13 +310,12 @@ class MRCL(base.Method):
             con = losses.infonce(zs[0], k, temperature=mc.temperature, queue=state["queue"],
                                  block_size=mc.block_size or None)
             k = k / jnp.linalg.norm(k, axis=1, keepdims=True)
-            ptr = state["queue_ptr"]
+            queue, ptr = momentum.enqueue(state["queue"], state["queue_ptr"], k)
             new_state.update(
                 target=dict(state["target"],
                             batch_stats=target_updates.get("batch_stats",
                                                            state["target"]["batch_stats"])),
-                queue=jax.lax.dynamic_update_slice(state["queue"], k, (ptr, 0)),
-                queue_ptr=(ptr + k.shape[0]) % state["queue"].shape[0])
+                queue=queue, queue_ptr=ptr)
         metrics = {"contrastive": con}
         loss = con
         if recon:
@@ -283,12 +327,7 @@ class MRCL(base.Method):
                                      features=jax.lax.stop_gradient(first))
 
     def after_update(self, params, state, step):
-        if self.config.mrcl.contrast != "infonce":
+        if self.settings.contrast != "infonce":
             return state
-        m = self.config.mrcl.moco_momentum
-        target = jax.tree.map(lambda t, p: m * t + (1 - m) * p, state["target"]["params"], params)
+        target = momentum.ema(state["target"]["params"], params, self.settings.moco_momentum)
         return dict(state, target=dict(state["target"], params=target))
-
-    def embed(self, params, state, images):
-        return self.model.apply({"params": params, "batch_stats": state["batch_stats"]}, images,
-                                method=MRCLModel.features)

@@ -19,75 +19,43 @@ References: raymin0223/self-contrastive-learning ``main_represent.py`` (``_train
 
 from __future__ import annotations
 
-from typing import Sequence
+import dataclasses
 
 import jax
-import jax.numpy as jnp
 
 from ssljax import losses, models
 from ssljax.methods import base, register
-from ssljax.methods.multi_exit import (MultiExitMethod, build_network, check_num_views,
-                                       per_image)
+from ssljax.methods.multi_exit import (MultiExitMethod, SupConLossSettings, build_network,
+                                       check_num_views)
 
-ANCHORS = ("all", "subnet")
+# Re-exported: the objective's home is ssljax.losses.contrastive.
+ANCHORS = losses.contrastive.ANCHORS
+selfcon_loss = losses.contrastive.selfcon_loss
 
 
-def selfcon_loss(z: jax.Array, z_exits: Sequence[jax.Array], labels: jax.Array | None, *,
-                 num_views: int, temperature: float, base_temperature: float = 0.07,
-                 anchors: str = "all", alpha: float = 1.0,
-                 block_size: int | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """The SelfCon objective on projections of ``V`` views, as the official code stacks them.
+@dataclasses.dataclass(frozen=True)
+class SelfConSettings:
+    """SelfCon's own settings (``config.selfcon``)."""
+    multiview: bool = False  # SelfCon-M: two views
+    label: bool = True  # False: the unsupervised -U variants
+    anchors: str = "all"  # or 'subnet' (the starred variants)
+    alpha: float = 1.0  # weight of the sub-network-anchored term (starred)
 
-    Args:
-      z: ``[V*B, D]`` backbone projections, view-major (view 0's B images first).
-      z_exits: one ``[V*B, D]`` array of sub-network projections per exit.
-      labels: ``[B]`` class labels, or None for the unsupervised -U variants.
-      num_views: V (1: SelfCon-S, 2: SelfCon-M).
-      temperature, base_temperature, block_size: as for :func:`ssljax.losses.supcon`.
-      anchors: ``'all'``: one SupCon loss over ``[V*B, E+1, D]`` = (exits..., backbone) of
-        each image-view, with the labels repeated per view (for -MU, the positive of an
-        embedding is the other exit of the same view, as in the official code);
-        ``'subnet'`` (starred): ``supcon(backbone [B, V, D]) + alpha * supcon([B, V*(E+1), D],
-        anchors = the sub-network entries)``.
-      alpha: weight of the sub-network-anchored term of the starred variants.
-
-    Returns:
-      ``(loss, terms)``; ``terms`` has ``backbone_term`` and ``subnet_term`` for the starred
-      variants, nothing otherwise.
-
-    >>> import jax.numpy as jnp
-    >>> z = jnp.array([[1.0, 0.0], [0.0, 1.0]]); sub = jnp.array([[0.8, 0.6], [0.6, 0.8]])
-    >>> loss, _ = selfcon_loss(z, [sub], jnp.array([0, 1]), num_views=1, temperature=0.1)
-    >>> print(f"{loss:.4f}")
-    1.3811
-    """
-    if anchors not in ANCHORS:
-        raise ValueError(f"selfcon anchors must be one of {ANCHORS}; got {anchors!r}.")
-    kw = dict(temperature=temperature, base_temperature=base_temperature, block_size=block_size)
-    if anchors == "all":
-        stacked = jnp.stack([*z_exits, z], axis=1)  # [V*B, E+1, D]
-        ids = None if labels is None else jnp.tile(labels, num_views)
-        return losses.supcon(stacked, ids, **kw), {}
-    backbone = per_image(z, num_views)  # [B, V, D]
-    subs = [per_image(s, num_views) for s in z_exits]
-    everything = jnp.concatenate([*subs, backbone], axis=1)  # [B, V*(E+1), D]
-    backbone_term = losses.supcon(backbone, labels, **kw)
-    subnet_term = losses.supcon(everything, labels, anchors=tuple(range(len(subs) * num_views)),
-                                **kw)
-    return backbone_term + alpha * subnet_term, {"backbone_term": backbone_term,
-                                                 "subnet_term": subnet_term}
+    def __post_init__(self):
+        if self.anchors not in ANCHORS:
+            raise ValueError(f"selfcon.anchors={self.anchors!r} is not known; set "
+                             "--config.selfcon.anchors to 'all' (SelfCon-S/-M) or 'subnet' "
+                             "(the starred variants).")
 
 
 @register
 class SelfCon(MultiExitMethod):
     name = "selfcon"
 
-    def __init__(self, config, *, num_classes):
-        super().__init__(config, num_classes=num_classes)
-        sc = config.selfcon
-        if sc.anchors not in ANCHORS:
-            raise ValueError(f"selfcon.anchors={sc.anchors!r} is not known; use 'all' "
-                             "(SelfCon-S/-M) or 'subnet' (the starred variants).")
+    def __init__(self, config, *, num_classes, run=None):
+        super().__init__(config, num_classes=num_classes, run=run)
+        self.settings = sc = base.from_section(SelfConSettings, config.selfcon)
+        self.loss_settings = base.from_section(SupConLossSettings, config.loss)
         check_num_views(config, 2 if sc.multiview else 1,
                         "SelfCon-M (selfcon.multiview=True)" if sc.multiview else
                         "SelfCon-S (selfcon.multiview=False)")
@@ -100,7 +68,7 @@ class SelfCon(MultiExitMethod):
     def loss(self, params, state, batch, rng, step):
         views = batch["views"]
         num_views, b = views.shape[1], views.shape[0]
-        sc, lc = self.config.selfcon, self.config.loss
+        sc, lc = self.settings, self.loss_settings
         features, z, state = self.forward(params, state, views)
         loss, terms = selfcon_loss(
             z.backbone, z.exits, batch["label"] if sc.label else None, num_views=num_views,
@@ -108,3 +76,9 @@ class SelfCon(MultiExitMethod):
             anchors=sc.anchors, alpha=sc.alpha, block_size=lc.block_size or None)
         return loss, base.LossOutput(state=state, metrics=terms,
                                      features=jax.lax.stop_gradient(features.backbone[:b]))
+
+    @property
+    def input_spec(self) -> base.InputSpec:
+        """One view (SelfCon-S) or two (-M); labels unless the -U variants."""
+        return base.InputSpec(min_views=2 if self.settings.multiview else 1,
+                              labels=self.settings.label)

@@ -5,30 +5,30 @@ References: google-research/simclr; lightly ``lightly/loss/ntx_ent_loss.py``.
 
 from __future__ import annotations
 
-import flax.linen as nn
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
-from ssljax import losses, models
+from ssljax import losses
 from ssljax.methods import base, register
 
 
-class EncoderWithHead(nn.Module):
-    """A backbone and a projector head; returns ``(features, projections)``."""
-    backbone: nn.Module
-    head: nn.Module
-
-    def __call__(self, x, *, train: bool):
-        features = self.backbone(x, train=train)
-        return features, self.head(features, train=train)
-
-    def features(self, x):
-        return self.backbone(x, train=False)
+# Re-exported from their new home (ssljax.methods.base).
+EncoderWithHead = base.EncoderWithHead
 
 
-def build_projector(cfg, dtype) -> models.MLP:
-    return models.MLP(hidden_dims=tuple(cfg.hidden_dims), out_dim=cfg.out_dim,
-                      use_bn=cfg.use_bn, last_bn=cfg.last_bn, dtype=dtype)
+@dataclasses.dataclass(frozen=True)
+class SimCLRSettings:
+    """SimCLR's hyper-parameters (``config.loss``)."""
+    temperature: float = 0.5
+    block_size: int = 0  # > 0: the tiled loss, which never materialises the N x N logits
+
+    def __post_init__(self):
+        base.check(self.temperature > 0, f"loss.temperature={self.temperature} must be > 0; "
+                   "set --config.loss.temperature to a positive number (SimCLR: 0.1 to 0.5).")
+        base.check(self.block_size >= 0, f"loss.block_size={self.block_size} must be >= 0; "
+                   "set --config.loss.block_size to 0 (dense) or a tile size.")
 
 
 @register
@@ -36,15 +36,12 @@ class SimCLR(base.Method):
     name = "simclr"
     min_views = 2
 
-    def __init__(self, config, *, num_classes):
-        super().__init__(config, num_classes=num_classes)
+    def __init__(self, config, *, num_classes, run=None):
+        super().__init__(config, num_classes=num_classes, run=run)
+        self.settings = base.from_section(SimCLRSettings, config.loss)
         dtype = base.compute_dtype(config.model.dtype)
-        self.model = EncoderWithHead(backbone=base.build_backbone(config.model),
-                                     head=build_projector(config.projector, dtype))
-
-    def init_model(self, rng, batch):
-        variables = self.model.init(rng, batch["views"][:, 0], train=False)
-        return variables["params"], {"batch_stats": variables["batch_stats"]}
+        self.model = base.EncoderWithHead(backbone=base.build_backbone(config.model),
+                                          head=base.build_head(config.projector, dtype))
 
     def loss(self, params, state, batch, rng, step):
         views = batch["views"]
@@ -56,12 +53,8 @@ class SimCLR(base.Method):
             mutable=["batch_stats"])
         z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
         zs = jnp.split(z, num_views)
-        loss = losses.nt_xent(zs[0], zs[1], temperature=self.config.loss.temperature,
-                              block_size=self.config.loss.block_size or None)
+        loss = losses.nt_xent(zs[0], zs[1], temperature=self.settings.temperature,
+                              block_size=self.settings.block_size or None)
         features = jnp.split(features, num_views)[0]
         return loss, base.LossOutput(state=dict(state, **updates), metrics={},
                                      features=jax.lax.stop_gradient(features))
-
-    def embed(self, params, state, images):
-        return self.model.apply({"params": params, **state}, images,
-                                method=EncoderWithHead.features)

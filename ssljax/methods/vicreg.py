@@ -9,22 +9,41 @@ the official ``FullGatherLayer`` gathers by hand. Each term is logged unweighted
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 
 from ssljax import losses
 from ssljax.methods import base, register
-from ssljax.methods.barlow_twins import TwoViewMethod
+
+
+@dataclasses.dataclass(frozen=True)
+class VICRegSettings:
+    """VICReg's coefficients (``config.loss``)."""
+    sim_coeff: float = 25.0
+    std_coeff: float = 25.0
+    cov_coeff: float = 1.0
+
+    def __post_init__(self):
+        for name in ("sim_coeff", "std_coeff", "cov_coeff"):
+            value = getattr(self, name)
+            base.check(value >= 0, f"loss.{name}={value} must be >= 0; set "
+                       f"--config.loss.{name} (VICReg: 25, 25, 1).")
 
 
 @register
-class VICReg(TwoViewMethod):
+class VICReg(base.TwoViewMethod):
     name = "vicreg"
+
+    def __init__(self, config, *, num_classes, run=None):
+        super().__init__(config, num_classes=num_classes, run=run)
+        self.settings = base.from_section(VICRegSettings, config.loss)
 
     def loss(self, params, state, batch, rng, step):
         del rng, step
         features, (z1, z2), state = self.project(params, state, batch["views"])
-        lc = self.config.loss
-        loss, parts = losses.vicreg(z1, z2, sim_coeff=lc.sim_coeff, std_coeff=lc.std_coeff,
-                                    cov_coeff=lc.cov_coeff, return_parts=True)
+        st = self.settings
+        loss, parts = losses.vicreg(z1, z2, sim_coeff=st.sim_coeff, std_coeff=st.std_coeff,
+                                    cov_coeff=st.cov_coeff, return_parts=True)
         return loss, base.LossOutput(state=state, metrics=parts,
                                      features=jax.lax.stop_gradient(features[0]))

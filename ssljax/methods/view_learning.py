@@ -32,6 +32,7 @@ with fixed per-space constants so each channel is O(1).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import os
@@ -43,7 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ssljax import losses, models
+from ssljax import losses
 from ssljax.config import ConfigError
 from ssljax.methods import base, register
 from ssljax.models.view_generator import COLOR_SPACES, PixelFlow, split_views, to_color_space
@@ -72,11 +73,8 @@ def _rg_bwd(scale, _, g):
 reverse_gradient.defvjp(_rg_fwd, _rg_bwd)
 
 
-def symmetric_nce(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
-    """``(InfoNCE(z1 -> z2) + InfoNCE(z2 -> z1)) / 2`` with in-batch negatives, both sides
-    trained (CMC's two-view objective)."""
-    return 0.5 * (losses.infonce(z1, z2, temperature=temperature, stop_gradient_key=False)
-                  + losses.infonce(z2, z1, temperature=temperature, stop_gradient_key=False))
+# Re-exported: the objective's home is ssljax.losses.contrastive.
+symmetric_nce = losses.symmetric_nce
 
 
 class SmallCNN(nn.Module):
@@ -113,26 +111,49 @@ _SPACE_NORM = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class ViewSettings:
+    """The view methods' settings (``config.views``)."""
+    temperature: float = 0.1
+    flow_layers: int = 4
+    flow_hidden: int = 32
+    volume_preserving: bool = False
+    adversary_weight: float = 1.0  # scale of the reversed gradient that reaches g
+    supervised_weight: float = 0.0  # > 0: the semi-supervised variant
+    space: str = "learned"  # view_contrast: a colour space or 'learned'
+    generator_dir: str = ""  # view_contrast with space='learned': an infomin_views workdir
+
+    def __post_init__(self):
+        base.check(self.temperature > 0, f"views.temperature={self.temperature} must be > 0; "
+                   "set --config.views.temperature (CMC: 0.07 to 0.1).")
+        for name in ("adversary_weight", "supervised_weight"):
+            value = getattr(self, name)
+            base.check(value >= 0, f"views.{name}={value} must be >= 0; set "
+                       f"--config.views.{name}.")
+
+
 class _TwoViewBase(base.Method):
     """Two encoders on a 1-channel and a 2-channel view; subclasses make the views."""
 
-    def __init__(self, config, *, num_classes):
-        super().__init__(config, num_classes=num_classes)
+    def __init__(self, config, *, num_classes, run=None):
+        super().__init__(config, num_classes=num_classes, run=run)
+        self.settings = base.from_section(ViewSettings, config.views)
+        self.dataset = config.data.name  # whose mean and std normalised the images
         dtype = base.compute_dtype(config.model.dtype)
-        p = config.projector
-
-        def head():
-            return models.MLP(hidden_dims=tuple(p.hidden_dims), out_dim=p.out_dim,
-                              use_bn=p.use_bn, last_bn=p.last_bn, dtype=dtype)
-
         self.encoders = TwoViewEncoders(backbone1=base.build_backbone(config.model),
                                         backbone2=base.build_backbone(config.model),
-                                        head1=head(), head2=head())
+                                        head1=base.build_head(config.projector, dtype),
+                                        head2=base.build_head(config.projector, dtype))
+
+    @functools.cached_property
+    def _mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        from ssljax.data.specs import dataset_info  # TensorFlow-free
+        info = dataset_info(self.dataset)
+        return info.mean, info.std
 
     def unnormalise(self, x):
-        from ssljax.data.specs import dataset_info
-        info = dataset_info(self.config.data.name)
-        return x * jnp.asarray(info.std) + jnp.asarray(info.mean)
+        mean, std = self._mean_std
+        return x * jnp.asarray(std) + jnp.asarray(mean)
 
     def encode(self, params, batch_stats, v1, v2, *, train: bool):
         variables = {"params": params, "batch_stats": batch_stats}
@@ -148,13 +169,18 @@ class _TwoViewBase(base.Method):
 class ViewLearning(_TwoViewBase):
     name = "infomin_views"
 
-    def __init__(self, config, *, num_classes):
-        super().__init__(config, num_classes=num_classes)
-        vc = config.views
+    def __init__(self, config, *, num_classes, run=None):
+        super().__init__(config, num_classes=num_classes, run=run)
+        vc = self.settings
         self.generator = PixelFlow(channels=3, num_layers=vc.flow_layers, hidden=vc.flow_hidden,
                                    volume_preserving=vc.volume_preserving)
         self.supervised = vc.supervised_weight > 0
         self.classifier = SmallCNN(num_classes=num_classes)
+
+    @property
+    def input_spec(self) -> base.InputSpec:
+        """One view; the labels too in the semi-supervised variant."""
+        return base.InputSpec(min_views=self.min_views, labels=self.supervised)
 
     def init_model(self, rng, batch):
         x = batch["views"][:, 0]
@@ -177,7 +203,7 @@ class ViewLearning(_TwoViewBase):
 
     def loss(self, params, state, batch, rng, step):
         del rng, step
-        vc = self.config.views
+        vc = self.settings
         x = batch["views"][:, 0]
         x_hat, logdet = self.views(params["generator"], x)
         # The encoders see the views through a gradient-reversal layer: their step lowers
@@ -224,9 +250,9 @@ def load_generator(workdir: str) -> PyTree:
 class ViewContrast(_TwoViewBase):
     name = "view_contrast"
 
-    def __init__(self, config, *, num_classes):
-        super().__init__(config, num_classes=num_classes)
-        vc = config.views
+    def __init__(self, config, *, num_classes, run=None):
+        super().__init__(config, num_classes=num_classes, run=run)
+        vc = self.settings
         self.space = vc.space
         if self.space not in COLOR_SPACES + ("learned",):
             raise ConfigError(f"views.space={self.space!r} is not known; use one of "
@@ -257,7 +283,7 @@ class ViewContrast(_TwoViewBase):
         v1, v2 = self.make_views(x)
         ((h1, h2), (z1, z2)), updates = self.encode(params, state["batch_stats"], v1, v2,
                                                     train=True)
-        nce = symmetric_nce(z1, z2, self.config.views.temperature)
+        nce = symmetric_nce(z1, z2, self.settings.temperature)
         return nce, base.LossOutput(state=dict(state, batch_stats=updates["batch_stats"]),
                                     metrics=self.nce_metrics(nce, x.shape[0]),
                                     features=jax.lax.stop_gradient(
