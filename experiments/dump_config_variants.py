@@ -54,6 +54,7 @@ VARIANTS: dict[str, list[str]] = {
     "selfcon": [""] + list(_FMNIST_CIFAR),
     "supcon": [""] + list(_FMNIST_CIFAR),
     "ce": [""] + list(_FMNIST_CIFAR),
+    "simsiam": ["", "fashion_mnist", "cifar10", "cifar100"],
     "subnet_ce": [""] + list(_FMNIST_CIFAR),
     "infomin_views": ["", "fashion_mnist", "fashion_mnist_semi", "stl10", "stl10_semi"],
     "view_contrast": [""] + [f"{s}{d}" for s in ("rgb", "ydbdr", "ycbcr", "lab", "learned")
