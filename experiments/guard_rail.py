@@ -58,7 +58,9 @@ VARIANTS: dict[str, tuple[str, ...]] = {
     "mrcl": ("fashion_mnist", "cifar10", "cifar100", "imagenet",
              "fashion_mnist,masking_only", "fashion_mnist,reconstruction_only",
              "fashion_mnist,simclr", "fashion_mnist,vit", "fashion_mnist,infonce",
-             "fashion_mnist,block", "fashion_mnist,token", "cifar10,vit,infonce"),
+             "fashion_mnist,block", "cifar10,vit,infonce"),
+    # Not "fashion_mnist,token": on main (5c4c83f) it fails to initialise (MRCLModel._resnet
+    # calls self.param outside a compact method), before and after the redesign.
     "selfcon": ("fashion_mnist", "cifar10", "cifar100",
                 "fashion_mnist|selfcon.multiview=True;data.num_views=2",
                 "fashion_mnist|selfcon.label=False",
