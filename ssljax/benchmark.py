@@ -123,7 +123,8 @@ FASHION_MNIST = Suite(
         ("eval.baselines", False),
     ),
     entries={
-        "simclr": Entry("simclr", label="SimCLR"),
+        # The segmentation probe too: MRCL's second claim compares its mIoU with SimCLR's.
+        "simclr": Entry("simclr", overrides=(("eval.segmentation", True),), label="SimCLR"),
         "moco": Entry("moco", label="MoCo v2"),
         "byol": Entry("byol", label="BYOL"),
         "barlow_twins": Entry("barlow_twins", label="Barlow Twins"),
