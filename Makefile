@@ -30,7 +30,7 @@ run: install
 
 test: install
 	$(PY) -m pytest -n 2 --dist loadfile -q tests
-	$(PY) -m pytest -q --doctest-modules ssljax/losses ssljax/evaluate ssljax/methods/selfcon.py ssljax/config.py
+	$(PY) -m pytest -q --doctest-modules ssljax
 
 # End-to-end checks (the CLI, 2-process multi-host runs, preemption with kill -9, notebooks):
 # about as long again as the default run; CI runs them after `make test`.
