@@ -3,7 +3,7 @@ first three losses, recomputed and compared with ``tests/data/guard_rail.json``,
 before the methods' redesign (issue 22). Keys and shapes must match exactly, every logged
 metric to 1e-5 relative.
 
-Default tier: each method's benchmark variant, on 1 device; slow tier: the same on 8 devices.
+Slow tier (CI runs it): each method's benchmark variant, on 1 and on 8 devices.
 Every variant (79 recorded cases, about half an hour on 2 cores): ``python experiments/guard_rail.py
 --check``, run it when you change a method.
 """
@@ -47,6 +47,7 @@ def _check(case: str, devices: tuple[int, ...]) -> None:
         assert not problems, f"{case} on {n} device(s): " + "; ".join(problems)
 
 
+@pytest.mark.slow  # 15 train-step compilations: about 1.5 min cold on 2 cores
 @pytest.mark.parametrize("case", REPRESENTATIVE)
 def test_representative_case(case):
     _check(case, (1,))

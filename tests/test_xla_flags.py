@@ -70,6 +70,7 @@ def _probe(tmp_path, name, **env):
 
 @pytest.mark.skipif(not xla_flags._jaxlib_version().startswith(xla_flags._VERIFIED_JAXLIB),
                     reason="the defaults apply to verified jaxlib versions only")
+@pytest.mark.slow  # about 40 s: compiles a train step under three flag sets
 def test_xla_accepts_the_flag_it_removes_ynn_fusions_and_keeps_the_gradients(tmp_path):
     on, g_on = _probe(tmp_path, "on")
     off, g_off = _probe(tmp_path, "off", SSLJAX_XLA_CPU_DEFAULTS="0")
