@@ -169,6 +169,10 @@ FASHION_MNIST = Suite(
         "moco_lr024": Entry(
             "moco", overrides=(("optimizer.lr", 0.24),), label="MoCo v2, lr 0.24", of="moco",
             question="Is MoCo v2's shortfall the CIFAR demo's lr 0.06?"),
+        "mrcl_mask025": Entry(
+            "mrcl", overrides=(("data.mask.ratio", 0.25),), label="MRCL, mask ratio 0.25",
+            of="mrcl", question="Is MRCL's shortfall against its ablations the 0.5 mask ratio, "
+                                "which hides half of a 28-px image?"),
         "infomin_no_jigsaw": Entry(
             "infomin", overrides=(("infomin.beta", 0.0),), label="InfoMin, jigsaw weight 0",
             of="infomin", question="With the jigsaw loss off, does InfoMin learn as MoCo v2 + "
