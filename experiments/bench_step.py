@@ -44,7 +44,7 @@ def main(argv):
                                       data_dir=config.data.data_dir)
     ds = data.make_pretrain_dataset(
         images, labels, global_batch_size=config.batch_size, num_views=config.data.num_views,
-        augment=train.augment_configs(config.data), seed=config.seed,
+        augment=data.augment_configs(config.data), seed=config.seed,
         image_size=config.data.image_size, mean=info.mean, std=info.std)
 
     # Input pipeline alone.

@@ -288,9 +288,8 @@ def _validate_combinations(config: ml_collections.ConfigDict) -> None:
             raise ConfigError(f"{key}={size} does not fit model {config.model.name} (stem "
                               f"{config.model.get('stem')}); set --config.{key} to {rule}.")
     try:  # the objects the pipeline and the trainer build, with their own checks
-        from ssljax.train import augment_configs, jigsaw_config
-        augment_configs(config.data)
-        jigsaw_config(config.data)
+        data.augment_configs(config.data)
+        data.jigsaw_config_from(config.data.get("jigsaw"))
         mask = data.mask_config_from(config.data.get("mask"))
         if mask is not None:
             mask.grid(config.data.image_size)

@@ -15,7 +15,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 import ml_collections
@@ -109,30 +109,6 @@ def _format_eta(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
-
-
-def augment_configs(cfg: ml_collections.ConfigDict) -> list:
-    """One ``AugmentConfig`` per view: ``data.augment`` with ``data.augment2`` on view 2+."""
-    first = cfg.augment.to_dict()
-    second = dict(first, **cfg.augment2.to_dict())
-    return [data.AugmentConfig.from_dict(first if v == 0 else second)
-            for v in range(cfg.num_views)]
-
-
-def jigsaw_from(fields: Mapping[str, Any] | None):
-    """A jigsaw view's settings (``InputSpec.jigsaw``) as the pipeline's ``JigsawConfig``;
-    None for none."""
-    if not fields:
-        return None
-    from ssljax.data.infomin_aug import JigsawConfig
-    return JigsawConfig.from_dict(dict(fields))
-
-
-def jigsaw_config(cfg: ml_collections.ConfigDict):
-    """The ``data.jigsaw`` section as an ``infomin_aug.JigsawConfig``; None when absent."""
-    if "jigsaw" not in cfg or not cfg.jigsaw:
-        return None
-    return jigsaw_from(cfg.jigsaw.to_dict())
 
 
 def init_key(seed: int) -> jax.Array:
@@ -286,11 +262,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     def make_dataset(start_step: int):
         common = dict(global_batch_size=config.batch_size, num_views=config.data.num_views,
-                      augment=augment_configs(config.data), seed=config.seed,
+                      augment=data.augment_configs(config.data), seed=config.seed,
                       image_size=config.data.image_size, mean=info.mean, std=info.std,
                       start_step=start_step, process_index=jax.process_index(),
-                      process_count=jax.process_count(), jigsaw=jigsaw_from(spec.jigsaw),
-                      mask=data.mask_config_from(spec.masks))
+                      process_count=jax.process_count(), **data.batch_extras(spec))
         if info.in_memory:
             return data.make_pretrain_dataset(pretrain_images, pretrain_labels, **common)
         return data.make_tfds_stream(config.data.name, pretrain_split,

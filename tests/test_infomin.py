@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssljax import methods, train
+from ssljax import data, methods
 from ssljax.methods.infomin import InfoMinNet, JigsawHead
 from ssljax.methods.moco import key_permutation
 from ssljax.models import MLP
@@ -112,16 +112,16 @@ def test_eight_devices_equal_one_device(runs):
 def test_config_carries_the_official_recipe():
     for variant in ("fashion_mnist", "cifar10", "cifar100", "imagenet"):
         c = load_config("infomin", variant)
-        views = train.augment_configs(c.data)
+        views = data.augment_configs(c.data)
         assert all(v.randaugment_n == 2 for v in views)
-        train.jigsaw_config(c.data)
+        data.jigsaw_config_from(c.data.get("jigsaw"))
     c = load_config("infomin", "imagenet")
     assert (c.moco.temperature, c.moco.queue_size, c.moco.momentum) == (0.15, 65536, 0.999)
     assert c.infomin.beta == 0.5 and c.batch_size == 256 and c.optimizer.lr == 0.03
-    v = train.augment_configs(c.data)[0]
+    v = data.augment_configs(c.data)[0]
     assert (v.brightness, v.contrast, v.saturation, v.hue, v.jitter_p) == (0.8, 0.8, 0.8, 0.2,
                                                                            0.8)
     assert (v.blur_p, v.grayscale_p, v.crop_scale) == (0.5, 0.2, (0.2, 1.0))
     assert (v.randaugment_m, v.randaugment_mstd, v.randaugment_p) == (10.0, 0.5, 0.5)
-    j = train.jigsaw_config(c.data)
+    j = data.jigsaw_config_from(c.data.get("jigsaw"))
     assert (j.size, j.patch, j.crop_scale, j.grid) == (255, 64, (0.6, 1.0), 3)

@@ -195,7 +195,7 @@ def retrieval_views():
     cfg.data.image_size = IMAGE_SIZE
     ds = data.make_pretrain_dataset(
         te_x[:RETRIEVAL_M], te_y[:RETRIEVAL_M], global_batch_size=RETRIEVAL_M, num_views=2,
-        augment=train.augment_configs(cfg.data), seed=EVAL_SEED, image_size=IMAGE_SIZE,
+        augment=data.augment_configs(cfg.data), seed=EVAL_SEED, image_size=IMAGE_SIZE,
         mean=info.mean, std=info.std)
     return next(iter(ds.take(1).as_numpy_iterator()))["views"]
 
@@ -205,7 +205,7 @@ def train_batches(cfg, seed):
     tr_x, tr_y, _, _ = fashion()
     ds = data.make_pretrain_dataset(
         tr_x, tr_y, global_batch_size=cfg.batch_size, num_views=cfg.data.num_views,
-        augment=train.augment_configs(cfg.data), seed=seed, image_size=IMAGE_SIZE,
+        augment=data.augment_configs(cfg.data), seed=seed, image_size=IMAGE_SIZE,
         mean=info.mean, std=info.std)
     return ds.take(cfg.total_steps).as_numpy_iterator()
 

@@ -75,3 +75,17 @@ def test_input_specs_name_what_the_batches_carry():
     assert not build("selfcon", **{"selfcon.label": False}).input_spec.labels
     assert not build("infomin_views").input_spec.labels
     assert build("infomin_views", **{"views.supervised_weight": 1.0}).input_spec.labels
+
+
+def test_the_trainer_names_no_method_and_no_method_specific_input():
+    # Issue 22: a method's inputs reach the pipeline through InputSpec and
+    # ssljax.data.batch_extras; train.py reads neither a method's name nor one of its inputs.
+    import re
+    from pathlib import Path
+
+    import ssljax.train
+    source = Path(ssljax.train.__file__).read_text().lower()
+    words = set(re.findall(r"[a-z_]+", source))
+    names = {n.replace("-", "_") for n in methods.available()}
+    inputs = {"jigsaw", "mask", "masks", "segmentation", "queue", "target"}
+    assert not (names | inputs) & words, sorted((names | inputs) & words)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssljax import losses, methods, models, sharding, train
+from ssljax import data, losses, methods, models, sharding, train
 from ssljax.methods import base
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -337,7 +337,7 @@ def test_configs_carry_the_official_recipes():
         for variant in variants:
             c = load_config(name, variant)
             assert c.method == name
-            train.augment_configs(c.data)  # every augmentation field is a real one
+            data.augment_configs(c.data)  # every augmentation field is a real one
         with pytest.raises(ValueError, match="Unknown variant"):
             load_config(name, "mnist")
 
@@ -363,7 +363,7 @@ def test_configs_carry_the_official_recipes():
                                                                                  False)
         assert o.warmup_epochs == 10 and o.step_per_epoch and o.lr_scaling == "none"
         assert math.isclose(o.lr * o.warmup_init, 3e-3)
-        v1, v2 = train.augment_configs(c.data)
+        v1, v2 = data.augment_configs(c.data)
         assert (v1.blur_p, v1.solarize_p, v2.blur_p, v2.solarize_p) == (1.0, 0.0, 0.1, 0.2)
         assert v1.crop_scale == (0.08, 1.0) and v1.jitter_p == 0.8 and v1.grayscale_p == 0.2
         assert (v1.brightness, v1.contrast, v1.saturation, v1.hue) == (0.4, 0.4, 0.2, 0.1)

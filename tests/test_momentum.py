@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssljax import methods, sharding, train
+from ssljax import data, methods, sharding, train
 from ssljax.methods import base
 from ssljax.methods.byol import target_momentum
 from ssljax.methods.moco import enqueue, key_permutation
@@ -305,7 +305,7 @@ def test_configs_carry_the_official_recipes():
         for variant in ("fashion_mnist", "cifar10", "cifar100", "imagenet"):
             c = load_config(name, variant)
             assert c.method == name
-            train.augment_configs(c.data)
+            data.augment_configs(c.data)
         with pytest.raises(ValueError, match="Unknown variant"):
             load_config(name, "mnist")
     m = load_config("moco", "imagenet")
@@ -325,5 +325,5 @@ def test_configs_carry_the_official_recipes():
     assert b.byol.target_init == "independent" and b.model.zero_init_residual
     assert not b.projector.use_bias_last and not b.predictor.use_bias_last
     assert (b.optimizer.lr, b.optimizer.weight_decay, b.batch_size) == (0.2, 1.5e-6, 4096)
-    v1, v2 = train.augment_configs(b.data)
+    v1, v2 = data.augment_configs(b.data)
     assert (v1.blur_p, v1.solarize_p, v2.blur_p, v2.solarize_p) == (1.0, 0.0, 0.1, 0.2)

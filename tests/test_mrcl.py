@@ -294,7 +294,7 @@ def test_configs():
         for mods in ("", ",vit", ",masking_only", ",reconstruction_only", ",simclr", ",infonce"):
             c = load_config("mrcl", dataset + mods)
             assert c.method == "mrcl"
-            train.augment_configs(c.data)
+            data.augment_configs(c.data)
             mask = data.mask_config_from(c.data.mask)
             mask.grid(c.data.image_size)
             if mods == ",vit":

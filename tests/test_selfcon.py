@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ssljax import losses, methods, models, train
+from ssljax import data, losses, methods, models, train
 from ssljax.evaluate import linear
 from ssljax.methods.selfcon import selfcon_loss
 from ssljax.models.resnet import RESNET_CONFIGS
@@ -350,7 +350,7 @@ def test_configs_carry_the_official_cifar100_recipe():
         for variant in ("fashion_mnist", "cifar10", "cifar100"):
             c = load_config(name, variant)
             assert c.method == name
-            train.augment_configs(c.data)
+            data.augment_configs(c.data)
         with pytest.raises(ValueError, match="Unknown variant"):
             load_config(name, "mnist")
         c = load_config(name, "cifar100")

@@ -35,8 +35,8 @@ def features(suite, method_name, seed, workroot):
     test_images, test_labels = data.load_arrays(config.data.name, info.test_split)
     ds = data.make_pretrain_dataset(
         images, labels, global_batch_size=config.batch_size, num_views=config.data.num_views,
-        augment=train.augment_configs(config.data), seed=0, image_size=config.data.image_size,
-        mean=info.mean, std=info.std, jigsaw=train.jigsaw_config(config.data),
+        augment=data.augment_configs(config.data), seed=0, image_size=config.data.image_size,
+        mean=info.mean, std=info.std, jigsaw=data.jigsaw_config_from(config.data.get("jigsaw")),
         mask=data.mask_config_from(config.data.get("mask")))
     example = data.to_global(next(iter(ds.take(1).as_numpy_iterator())),
                              sharding.batch_sharding(mesh))

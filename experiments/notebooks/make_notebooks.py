@@ -67,7 +67,7 @@ def trainer(cfg, images, labels, total_steps, seed=0):
                              steps_per_epoch=len(images) // cfg.batch_size)
     ds = data.make_pretrain_dataset(
         images, labels, global_batch_size=cfg.batch_size, num_views=cfg.data.num_views,
-        augment=train.augment_configs(cfg.data), seed=seed, image_size=cfg.data.image_size,
+        augment=data.augment_configs(cfg.data), seed=seed, image_size=cfg.data.image_size,
         mean=info.mean, std=info.std)
     batches = data.global_iterator(ds, sharding.batch_sharding(mesh))
     first = next(batches)
@@ -278,7 +278,7 @@ and VICReg use asymmetric recipes: blur and solarisation differ between the two 
 fig, axes = plt.subplots(len(x), 1 + 2 * len(recipes), figsize=(2 * (1 + 2 * len(recipes)), 2 * len(x)))
 for r, name in enumerate(recipes):
     views = [data.augment_batch(x, tf.constant([0, v]), c, 28)
-             for v, c in enumerate(train.augment_configs(load_config(name).data))]
+             for v, c in enumerate(data.augment_configs(load_config(name).data))]
     for i in range(len(x)):
         axes[i, 0].imshow(x[i, ..., 0], cmap="gray")
         for v in range(2):

@@ -29,7 +29,16 @@ from ssljax.data.sources import (
     dataset_info,
     load_arrays,
 )
-from ssljax.data.specs import AugmentConfig, JigsawConfig, MaskConfig, mask_config_from, num_masked
+from ssljax.data.specs import (
+    AugmentConfig,
+    JigsawConfig,
+    MaskConfig,
+    augment_configs,
+    batch_extras,
+    jigsaw_config_from,
+    mask_config_from,
+    num_masked,
+)
 from ssljax.data.transfer import global_iterator, to_global
 
 # Names whose module imports TensorFlow: loaded on first access (PEP 562).
@@ -59,9 +68,12 @@ __all__ = [
     "JigsawConfig",
     "MaskConfig",
     "augment_batch",
+    "augment_configs",
+    "batch_extras",
     "configure_tf",
     "dataset_info",
     "global_iterator",
+    "jigsaw_config_from",
     "load_arrays",
     "make_eval_batches",
     "make_tfds_eval_stream",

@@ -20,7 +20,10 @@ __all__ = [
     "JigsawConfig",
     "KINDS",
     "MaskConfig",
+    "augment_configs",
+    "batch_extras",
     "dataset_info",
+    "jigsaw_config_from",
     "mask_config_from",
     "num_masked",
 ]
@@ -113,6 +116,26 @@ class AugmentConfig:
 
 
 # ----------------------------------------------------------------------------- masks
+
+def _fields(section: Any) -> dict[str, Any]:
+    """A config section (an ``ml_collections.ConfigDict`` or a mapping) as a plain dict."""
+    return section.to_dict() if hasattr(section, "to_dict") else dict(section)
+
+
+def augment_configs(data_cfg: Any) -> list[AugmentConfig]:
+    """One :class:`AugmentConfig` per view of a ``config.data`` section: ``augment``, with
+    ``augment2``'s fields over it on views 2 and later.
+
+    >>> v1, v2 = augment_configs({"num_views": 2, "augment": {"blur_p": 1.0},
+    ...                           "augment2": {"blur_p": 0.1}})
+    >>> v1.blur_p, v2.blur_p
+    (1.0, 0.1)
+    """
+    first = _fields(data_cfg["augment"])
+    second = dict(first, **_fields(data_cfg.get("augment2") or {}))
+    return [AugmentConfig.from_dict(first if v == 0 else second)
+            for v in range(data_cfg["num_views"])]
+
 
 KINDS = ("random", "block")
 
@@ -209,6 +232,27 @@ class JigsawConfig:
         if unknown:
             raise ValueError(f"Unknown jigsaw key(s) {unknown}; valid keys are {valid}.")
         return cls(**dict(d))
+
+
+def jigsaw_config_from(cfg: Mapping[str, Any] | None) -> JigsawConfig | None:
+    """A jigsaw view's settings (``config.data.jigsaw`` or ``InputSpec.jigsaw``) as a
+    :class:`JigsawConfig`; None when absent or empty."""
+    if not cfg:
+        return None
+    return JigsawConfig.from_dict(_fields(cfg))
+
+
+def batch_extras(spec: Any) -> dict[str, Any]:
+    """The pipeline's keyword arguments for what a method's batches carry besides views and
+    labels, from its ``ssljax.methods.InputSpec``: ``mask`` (a :class:`MaskConfig` or None)
+    and ``jigsaw`` (a :class:`JigsawConfig` or None). The trainer passes them on unread, so
+    a method with a new input changes this function and the pipeline, not the trainer.
+
+    >>> from types import SimpleNamespace
+    >>> batch_extras(SimpleNamespace(masks={"ratio": 0.25}, jigsaw=None))["mask"].ratio
+    0.25
+    """
+    return dict(mask=mask_config_from(spec.masks), jigsaw=jigsaw_config_from(spec.jigsaw))
 
 
 # ----------------------------------------------------------------------------- datasets

@@ -95,7 +95,9 @@ class InputSpec:
       masks: patch masks beside the views (``'masks'`` ``[B, V, g, g]``): the fields of
         ``config.data.mask`` (:func:`ssljax.data.mask_config_from`); None: no masks.
       jigsaw: a jigsaw view (``'jigsaw'`` ``[B, 9, P, P, C]``): the fields of
-        ``config.data.jigsaw`` (``ssljax.data.infomin_aug.JigsawConfig``); None: none.
+        ``config.data.jigsaw`` (:class:`ssljax.data.JigsawConfig`); None: none.
+
+    :func:`ssljax.data.batch_extras` turns masks and jigsaw into the pipeline's arguments.
     """
     min_views: int = 1
     labels: bool = False
