@@ -242,6 +242,24 @@ def test_reconstruction_term_is_on_masked_patches_of_the_unmasked_views(encoder)
         np.testing.assert_allclose(f_masked, f_zeroed, rtol=1e-5, atol=1e-6)
 
 
+def test_a_learned_mask_token_fills_the_masked_pixels():
+    # The 'token' variant: masked pixels take a learned per-channel value (zeros at init).
+    cfg, method = make_method("resnet", **{"mrcl.mask_token": True})
+    assert method.model.mask_token
+    batch = make_batch(0, cfg)
+    params, state = method.init_model(train.init_key(0), batch)
+    assert params["mask_token"].shape == (1,) and not params["mask_token"].any()
+    params = dict(params, mask_token=jnp.full((1,), 0.7))
+    (f_token, _, _), _ = method.forward(params, state, batch)
+    pixels = batch["masks"].repeat(4, 2).repeat(4, 3)[..., None]
+    filled = np.where(pixels, np.float32(0.7), batch["views"]).astype(np.float32)
+    (f_filled, _, _), _ = method.forward(params, state, {"views": filled})
+    np.testing.assert_allclose(f_token, f_filled, rtol=1e-5, atol=1e-6)
+    (f_zero, _, _), _ = method.forward(params, state, {
+        "views": np.where(pixels, 0.0, batch["views"]).astype(np.float32)})
+    assert not np.allclose(f_token, f_zero, atol=1e-4)
+
+
 def test_reconstruction_only_ablation_reconstructs_every_patch():
     cfg, method = make_method("resnet", ",reconstruction_only")
     batch = make_batch(0, cfg)

@@ -67,6 +67,7 @@ class MRCLModel(nn.Module):
     def is_vit(self) -> bool:
         return isinstance(self.backbone, models.ViT)
 
+    @nn.compact
     def __call__(self, views, masks, *, num_masked: tuple[int, ...],
                  decode_views: tuple[int, ...], train: bool):
         if self.is_vit:
