@@ -277,10 +277,11 @@ def test_ring_equals_single_device(mesh):
     labels = jnp.asarray(r.integers(0, 5, size=n), jnp.int32)
     ring = _losses(queue, labels, block_size=block, ring_axis="data", mesh=mesh)
     single = _losses(queue, labels, block_size=block)
-    # Unlabelled SupCon only: the labelled one sums each class's embeddings (a gather).
-    ring[4] = lambda a, b, t: L.supcon(jnp.stack([a, b], 1), temperature=t, block_size=block,
-                                       ring_axis="data", mesh=mesh)
-    single[4] = lambda a, b, t: L.supcon(jnp.stack([a, b], 1), temperature=t)
+    # Also unlabelled SupCon, and labelled SupCon with some views anchoring.
+    for kw, out in ((dict(block_size=block, ring_axis="data", mesh=mesh), ring), ({}, single)):
+        out.append(lambda a, b, t, kw=kw: L.supcon(jnp.stack([a, b], 1), temperature=t, **kw))
+        out.append(lambda a, b, t, kw=kw: L.supcon(jnp.stack([a, b, a[::-1]], 1), labels,
+                                                   temperature=t, anchors=(0, 2), **kw))
 
     def program(fns):
         return lambda a, b, t: [jax.value_and_grad(fn, argnums=(0, 1, 2))(a, b, t) for fn in fns]
@@ -293,8 +294,25 @@ def test_ring_equals_single_device(mesh):
     sizes = _collectives(compiled.as_text())
     assert any(op == "collective-permute" for op, _ in sizes)
     assert not any(op == "all-gather" for op, _ in sizes), sizes
-    # One device's slice, in whole tiles: at most the 3-view SupCon's 3N / 8 rows.
-    assert max(s for _, s in sizes) <= math.ceil(3 * n / 8 / block) * block * d, sizes
+    # One device's slice, in whole tiles: at most the 3-view SupCon's 3N / 8 rows (with the
+    # labelled SupCon's count column, D + 1 wide).
+    assert max(s for _, s in sizes) <= math.ceil(3 * n / 8 / block) * block * (d + 1), sizes
+
+
+def test_ring_same_label_sums_equal_the_dense_sums_and_their_vjp(mesh):
+    r = _rng(8)
+    x = r.normal(size=(40, 5))
+    ids = r.integers(0, 6, size=40)
+    same = (ids[:, None] == ids[None, :]).astype(np.float64)  # the dense reference
+    g = r.normal(size=(40, 5))
+    sharded = NamedSharding(mesh, P("data"))
+    xs, ids_s = (jax.device_put(jnp.asarray(a, dt), sharded)
+                 for a, dt in ((x, jnp.float32), (ids, jnp.int32)))
+    out, vjp = jax.vjp(lambda a: L.tiled.ring_same_label_sums(a, ids_s, ring_axis="data",
+                                                              mesh=mesh), xs)
+    np.testing.assert_allclose(out, same @ x, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(vjp(jnp.asarray(g, jnp.float32))[0], same.T @ g, rtol=1e-5,
+                               atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["nt_xent", "infonce"])

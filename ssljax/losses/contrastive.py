@@ -15,7 +15,14 @@ import jax
 import jax.numpy as jnp
 
 from ssljax.losses._common import compute_dtype, l2_normalize
-from ssljax.losses.tiled import Precision, _mm, check_tiling, gram_logsumexp, tiled_logsumexp
+from ssljax.losses.tiled import (
+    Precision,
+    _mm,
+    check_tiling,
+    gram_logsumexp,
+    ring_same_label_sums,
+    tiled_logsumexp,
+)
 
 __all__ = ["nt_xent", "infonce", "supcon", "selfcon_loss", "symmetric_nce", "per_image"]
 
@@ -307,8 +314,8 @@ def supcon(
         block_size: if set, compute the denominators tile by tile with a custom VJP (the
             (B*V) x (B*V) logits are never materialised); same value and gradient.
         row_block_size, precision, ring_axis, mesh: see `infonce` (with `ring_axis`, B
-            must divide by the axis size; with labels too, the per-class positive sums
-            are left to the compiler, which gathers the embeddings once).
+            must divide by the axis size; with labels too, each anchor's positive sum
+            goes round the same ring: `ssljax.losses.tiled.ring_same_label_sums`).
 
     Returns:
         Scalar float32 loss (float64 for float64 inputs).
@@ -378,8 +385,17 @@ def supcon(
             b * len(views), dim)
         num_pos = jnp.full((b * len(views),), v - 1, dtype)
         pos_logit_sum = jnp.sum(anchor * pos_sum, axis=-1) / temperature
+    elif ring_axis is not None:
+        # With labels: each row's same-label sum (and count, the appended 1) accumulated as
+        # the slices go round the ring; self removed after. Sliced where the anchors live.
+        ones = jnp.ones((b * v, 1), dtype)
+        sums = ring_same_label_sums(jnp.concatenate([contrast, ones], axis=1), contrast_ids,
+                                    ring_axis=ring_axis, mesh=mesh)
+        sums = (sums - jnp.concatenate([contrast, ones], axis=1)).reshape(b, v, dim + 1)
+        sums = sums[:, jnp.asarray(views)].reshape(b * len(views), dim + 1)
+        pos_sum, num_pos = sums[:, :dim], jax.lax.stop_gradient(sums[:, dim])
+        pos_logit_sum = jnp.sum(anchor * pos_sum, axis=-1) / temperature
     else:
-        # With labels and a ring, this gathers the embeddings once (the compiler's choice).
         pos_sum, num_pos = _positive_sums(contrast, contrast_ids, anchor_cols)
         pos_logit_sum = jnp.sum(anchor * pos_sum, axis=-1) / temperature
     has_pos = num_pos > 0
