@@ -1,5 +1,5 @@
 """The ring over devices of two processes (2 x 4 fake CPU devices, gloo collectives): the
-NT-Xent and InfoNCE values and gradients equal the single-process ones."""
+NT-Xent, InfoNCE and labelled SupCon values and gradients equal the single-process ones."""
 from __future__ import annotations
 
 import json
@@ -35,14 +35,18 @@ mesh = jax.make_mesh((8,), ("data",), axis_types=(AxisType.Auto,))
 sharding = NamedSharding(mesh, P("data"))
 a = jax.make_array_from_callback((n, d), sharding, lambda idx: z1[idx])
 b = jax.make_array_from_callback((n, d), sharding, lambda idx: z2[idx])
+labels_np = (np.arange(n) * 7 % 5).astype(np.int32)
+labels = jax.make_array_from_callback((n,), sharding, lambda idx: labels_np[idx])
 out = {{}}
 for name, loss in [
-        ("nt_xent", lambda a, b: L.nt_xent(a, b, temperature=0.1, block_size=block,
+        ("nt_xent", lambda a, b, y: L.nt_xent(a, b, temperature=0.1, block_size=block,
                                            ring_axis="data", mesh=mesh)),
-        ("infonce", lambda a, b: L.infonce(a, b, temperature=0.1, block_size=block,
+        ("infonce", lambda a, b, y: L.infonce(a, b, temperature=0.1, block_size=block,
                                            stop_gradient_key=False, ring_axis="data",
-                                           mesh=mesh))]:
-    value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(a, b)
+                                           mesh=mesh)),
+        ("supcon", lambda a, b, y: L.supcon(jax.numpy.stack([a, b], 1), y, temperature=0.1,
+                                         block_size=block, ring_axis="data", mesh=mesh))]:
+    value, grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(a, b, labels)
     grads = [np.asarray(multihost_utils.process_allgather(g, tiled=True)).tolist()
              for g in grads]
     out[name] = dict(value=float(value), grads=grads)
@@ -57,21 +61,26 @@ def _free_port() -> int:
 
 
 @pytest.mark.integration
-def test_ring_over_two_processes_equals_one_process():
+def test_ring_over_two_processes_equals_one_process(tmp_path):
     address = f"localhost:{_free_port()}"
     env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_NUM_CPU_DEVICES="4")
     script = WORKER.format(n=N, d=D, block=BLOCK)
+    # Output to files, not pipes: a worker blocked on a full pipe would stall the other in
+    # a collective while this process waits on the first.
+    logs = [(open(tmp_path / f"out{i}", "w+"), open(tmp_path / f"err{i}", "w+"))
+            for i in range(2)]
     procs = [subprocess.Popen([sys.executable, "-c", script, address, str(i)], cwd=REPO,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for i in range(2)]
+                              env=env, stdout=out, stderr=err, text=True)
+             for i, (out, err) in enumerate(logs)]
     outs = []
-    for p in procs:
+    for p, (out, err) in zip(procs, logs):
         try:
-            stdout, stderr = p.communicate(timeout=300)
+            p.wait(timeout=300)
         finally:
             p.kill()
-        assert p.returncode == 0, stderr[-3000:]
-        outs.append(json.loads(stdout.strip().splitlines()[-1]))
+        out.seek(0), err.seek(0)
+        assert p.returncode == 0, err.read()[-3000:]
+        outs.append(json.loads(out.read().strip().splitlines()[-1]))
 
     rng = np.random.default_rng(0)
     z1 = jnp.asarray(rng.normal(size=(N, D)).astype(np.float32))
@@ -79,6 +88,9 @@ def test_ring_over_two_processes_equals_one_process():
     single = {
         "nt_xent": lambda a, b: L.nt_xent(a, b, temperature=0.1),
         "infonce": lambda a, b: L.infonce(a, b, temperature=0.1, stop_gradient_key=False),
+        "supcon": lambda a, b: L.supcon(jnp.stack([a, b], 1),
+                                        jnp.asarray(np.arange(N) * 7 % 5, jnp.int32),
+                                        temperature=0.1),
     }
     for name, fn in single.items():
         value, grads = jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(z1, z2)
