@@ -22,9 +22,15 @@ import ml_collections
 import optax
 from etils import epath
 
-from ssljax import checkpoint, data, distributed, evaluate, methods, optim, preemption, sharding
-from ssljax import workdir as workdir_lib
-from ssljax.config import ConfigError, validate
+from ssljax import _extras
+
+# The trainer reads its data through tf.data and saves with orbax: ``ssljax[train]``.
+_extras.check("tensorflow", "orbax.checkpoint", part="ssljax.train")
+
+from ssljax import (checkpoint, data, distributed, evaluate, methods, optim,  # noqa: E402
+                    preemption, sharding)
+from ssljax import workdir as workdir_lib  # noqa: E402
+from ssljax.config import ConfigError, validate  # noqa: E402
 
 logger = logging.getLogger("ssljax")
 
@@ -59,7 +65,8 @@ class MetricsWriter:
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         except ImportError:  # TensorBoard is a nicety; metrics.jsonl is the record
-            logger.warning("tensorboardX is not installed: writing metrics.jsonl only.")
+            logger.warning("tensorboardX is not installed (pip install 'ssljax[train]' gives "
+                           "it): writing metrics.jsonl only.")
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
