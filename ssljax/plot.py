@@ -196,14 +196,15 @@ def save_figure(fig, path: str) -> None:
     tmp.replace(target)
 
 
-def _plotting_available() -> bool:
+def _plotting_available(*modules: str) -> bool:
+    """Whether ``modules`` import; if not, says once per process what installs them."""
     global _hinted
     try:
-        import matplotlib  # noqa: F401
-        import sklearn  # noqa: F401
+        for module in modules:
+            __import__(module)
     except ImportError:
         if not _hinted:
-            logger.info("matplotlib or scikit-learn is not installed: %s.", _PLOT_HINT)
+            logger.info("%s is not installed: %s.", " or ".join(modules), _PLOT_HINT)
             _hinted = True
         return False
     return True
@@ -213,10 +214,10 @@ def write_curves(workdir: str) -> str | None:
     """``WORKDIR/curves.png`` from ``WORKDIR/metrics.jsonl``; the path, or None when there
     is nothing to draw or no matplotlib (one log line, once) or drawing failed (one warning
     line). Never raises: a picture must not stop a run."""
-    if not _plotting_available():
-        return None
     path = os.path.join(workdir, CURVES)
     try:
+        if not _plotting_available("matplotlib"):
+            return None
         rows = read_metrics(os.path.join(workdir, METRICS))
         if not any("loss" in row for row in rows):
             return None
@@ -234,10 +235,10 @@ def write_embedding(workdir: str, features: np.ndarray, labels: np.ndarray, *,
     """``WORKDIR/embedding.png``: a t-SNE map of a seeded subset of ``max_points`` test
     features coloured by class. Returns the path, or None (no matplotlib or scikit-learn:
     one log line; a failure: one warning line). Never raises."""
-    if not _plotting_available():
-        return None
     path = os.path.join(workdir, EMBEDDING)
     try:
+        if not _plotting_available("matplotlib", "sklearn"):
+            return None
         t0 = time.time()
         keep = subset(len(labels), max_points, seed)
         points = tsne(np.asarray(features)[keep], seed=seed)
