@@ -262,3 +262,13 @@ def test_the_encoder_evaluator_draws_the_map_from_its_features(tmp_path, monkeyp
     assert out["knn_top1"] == 1.0 and "effective_rank" in out
     assert ctx.calls == 1  # the map reuses the probes' features
     assert os.path.exists(tmp_path / "embedding.png") == (case == "final")
+
+
+def test_the_switch_is_a_config_key_of_every_method():
+    from helpers import load_config
+    from ssljax.config import ConfigError, check_overrides
+    cfg = load_config("corinfomax")
+    assert cfg.eval.embedding_plot is True  # the default run draws the map
+    check_overrides(["--config.eval.embedding_plot=False"], cfg)
+    with pytest.raises(ConfigError, match="did you mean 'eval.embedding_plot'"):
+        check_overrides(["--config.eval.embeding_plot=False"], cfg)
