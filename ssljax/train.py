@@ -420,7 +420,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 flush()
                 check_finite(step, {"loss": float(metrics["loss"])})  # never save a NaN state
                 ckpt.save(step, ts, meta)
-                writer.write_curves()
+                if not preempted:  # after a signal, exit at once; the restart redraws
+                    writer.write_curves()
             if preempted:  # also at the last step: exit now, evaluate on the restart
                 logger.warning("Preempted: saved step %d; exiting.", step)
                 writer.close()
