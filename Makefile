@@ -22,7 +22,7 @@ $(PY):
 	$(PIP) install -q --upgrade pip
 
 install: $(PY) dataset
-	$(PIP) install -q -e '.[test,plot,notebooks]'
+	$(PIP) install -q -e '.[train,test,plot,notebooks]'
 
 # The main job: pre-train CorInfoMax on Fashion-MNIST (CPU-sized), then evaluate.
 run: install

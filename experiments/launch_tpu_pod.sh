@@ -96,7 +96,7 @@ install() {
   run git -C "$REPO" archive --format=tar.gz -o "$TARBALL" HEAD
   run "${GCLOUD[@]}" scp "$TARBALL" "$NAME:ssljax.tar.gz" "${WHERE[@]}" --worker=all
   run "${GCLOUD[@]}" ssh "$NAME" "${WHERE[@]}" --worker=all --command \
-    "rm -rf ~/ssljax && mkdir -p ~/ssljax && tar xzf ~/ssljax.tar.gz -C ~/ssljax && python3 -m pip install -q -U 'jax[tpu]' ~/ssljax"
+    "rm -rf ~/ssljax && mkdir -p ~/ssljax && tar xzf ~/ssljax.tar.gz -C ~/ssljax && python3 -m pip install -q -U 'jax[tpu]' ~/ssljax'[train]'"
 }
 
 train() {

@@ -8,6 +8,10 @@ Where things live:
   ssljax.train     the generic, jit-sharded training loop
   ssljax.evaluate  kNN, linear and dense probes; the evaluators a config selects
   ssljax.presets   dataset presets and the variant parser of configs/*.py
+  ssljax.plot      curves.png and embedding.png of a run; `python -m ssljax.plot` overlays runs
+
+`pip install ssljax` is the core (losses, models, methods: no TensorFlow); the trainer needs
+`ssljax[train]`, the pictures `ssljax[plot]`.
 """
 
 from ssljax.xla_flags import apply_cpu_defaults as _apply_cpu_defaults

@@ -31,12 +31,17 @@ from typing import Any
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from etils import epath
-from orbax.checkpoint._src.metadata import checkpoint as checkpoint_metadata
-from orbax.checkpoint._src.path import atomicity
 
-from ssljax.config import ConfigError
+from ssljax import _extras
+
+_extras.check("orbax.checkpoint", part="ssljax.checkpoint")
+
+import orbax.checkpoint as ocp  # noqa: E402
+from etils import epath  # noqa: E402
+from orbax.checkpoint._src.metadata import checkpoint as checkpoint_metadata  # noqa: E402
+from orbax.checkpoint._src.path import atomicity  # noqa: E402
+
+from ssljax.config import ConfigError  # noqa: E402
 from ssljax.workdir import DiskFullError, is_disk_full
 
 logger = logging.getLogger("ssljax")

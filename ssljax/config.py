@@ -104,6 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.linear_decay_rate = 0.1
     c.eval.baselines = True  # also score a random encoder and raw pixels with the same code
     c.eval.train_examples = -1  # > 0: use only the first N training examples for the probes
+    # The final evaluation draws WORKDIR/embedding.png: a t-SNE map of 2,000 test features
+    # coloured by class (needs ssljax[plot]; seconds on a CPU).
+    c.eval.embedding_plot = True
     # Dense probe (ssljax.evaluate.segmentation): a linear 1x1 head on frozen feature maps
     # segmenting Fashion-MNIST garments by class; scored by mean IoU into results.json.
     c.eval.segmentation = False

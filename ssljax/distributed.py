@@ -102,6 +102,7 @@ def compile_together(jitted, *args, name: str, timeout_s: int = 3600):
     """
     compiled = jitted.lower(*args).compile()
     if jax.process_count() > 1:
-        import orbax.checkpoint as ocp
+        from ssljax import _extras
+        ocp = _extras.require("orbax.checkpoint", part="Multi-host training")
         ocp.multihost.get_barrier_sync_fn()(key=name, timeout_ms=timeout_s * 1000)
     return compiled

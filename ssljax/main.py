@@ -110,6 +110,8 @@ def _run_pipeline() -> dict:
 
 def exit_status(error: BaseException) -> tuple[int, str] | None:
     """The exit status and the one sentence for ``error``; None for a bug (a traceback)."""
+    if isinstance(error, ImportError) and "pip install 'ssljax[" in str(error):
+        return EXIT_BAD_INPUT, f"error: {error}"  # an extra is missing (ssljax._extras)
     from ssljax import data, preemption, train
     from ssljax.config import ConfigError
     from ssljax.workdir import is_disk_full

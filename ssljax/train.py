@@ -22,9 +22,15 @@ import ml_collections
 import optax
 from etils import epath
 
-from ssljax import checkpoint, data, distributed, evaluate, methods, optim, preemption, sharding
-from ssljax import workdir as workdir_lib
-from ssljax.config import ConfigError, validate
+from ssljax import _extras
+
+# The trainer reads its data through tf.data and saves with orbax: ``ssljax[train]``.
+_extras.check("tensorflow", "orbax.checkpoint", part="ssljax.train")
+
+from ssljax import (checkpoint, data, distributed, evaluate, methods, optim,  # noqa: E402
+                    preemption, sharding)
+from ssljax import workdir as workdir_lib  # noqa: E402
+from ssljax.config import ConfigError, validate  # noqa: E402
 
 logger = logging.getLogger("ssljax")
 
@@ -41,7 +47,8 @@ Preempted = preemption.Preempted  # raised after SIGTERM, once the step's checkp
 
 
 class MetricsWriter:
-    """``metrics.jsonl`` (one JSON object per logged step) and TensorBoard, on process 0 only."""
+    """``metrics.jsonl`` (one JSON object per logged step), TensorBoard, and ``curves.png``
+    (:meth:`write_curves`), on process 0 only."""
 
     def __init__(self, workdir: str, *, start_step: int = 0):
         """``start_step``: the step training resumes after; rows of later steps (written by
@@ -50,6 +57,7 @@ class MetricsWriter:
         rows of steps up to ``start_step``, are kept)."""
         self.enabled = jax.process_index() == 0
         self._tb = None
+        self._workdir = workdir
         if not self.enabled:
             return
         self._path = epath.Path(workdir) / "metrics.jsonl"  # gs:// too
@@ -59,7 +67,8 @@ class MetricsWriter:
             from tensorboardX import SummaryWriter
             self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
         except ImportError:  # TensorBoard is a nicety; metrics.jsonl is the record
-            logger.warning("tensorboardX is not installed: writing metrics.jsonl only.")
+            logger.warning("tensorboardX is not installed (pip install 'ssljax[train]' gives "
+                           "it): writing metrics.jsonl only.")
 
     def write(self, step: int, scalars: dict[str, float]) -> None:
         if not self.enabled:
@@ -75,6 +84,16 @@ class MetricsWriter:
         if self._tb is not None:
             for k, v in scalars.items():
                 self._tb.add_scalar(k, v, step)
+
+    def write_curves(self) -> None:
+        """``WORKDIR/curves.png`` from the rows so far (``ssljax.plot``; process 0 only).
+        Never raises: without matplotlib, or when drawing fails, one log line."""
+        if not self.enabled:
+            return
+        from ssljax import plot
+        t0 = time.time()
+        if plot.write_curves(self._workdir):
+            logger.debug("curves.png drawn in %.2fs.", time.time() - t0)
 
     def _drop_rows_after(self, start_step: int) -> None:
         if not self._path.exists():
@@ -376,6 +395,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 flush()
                 check_finite(step, {"loss": float(metrics["loss"])})  # never save a NaN state
                 ckpt.save(step, ts, meta)
+                if not preempted:  # after a signal, exit at once; the restart redraws
+                    writer.write_curves()
             if preempted:  # also at the last step: exit now, evaluate on the restart
                 logger.warning("Preempted: saved step %d; exiting.", step)
                 writer.close()
@@ -408,7 +429,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                 "to evaluate it")
     watcher.phase = "eval"
     eval_start = time.time()
-    results = evaluate.run_evaluators(config, method, ts, mesh, info)
+    results = evaluate.run_evaluators(config, method, ts, mesh, info, workdir=workdir)
     if watcher.requested:  # a signal whose exception a callback swallowed: still stop
         raise preemption.Interrupted(watcher.message())
     if metrics is not None:
@@ -425,6 +446,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                 len(text)) from None
             raise
     writer.write(total_steps, {k: v for k, v in results.items() if k.endswith("top1")})
+    writer.write_curves()  # with the final evaluation's kNN
     writer.close()
     ckpt.close()
     return results

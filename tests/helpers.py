@@ -51,6 +51,7 @@ def tiny_config(name: str, **overrides):
     c.eval.baselines = False
     c.eval.linear_epochs = 2
     c.eval.knn_k = 5
+    c.eval.embedding_plot = False  # the t-SNE map is seconds; tests/test_eval_every.py draws it
     return set_fields(c, overrides)
 
 

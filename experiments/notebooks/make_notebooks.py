@@ -26,7 +26,7 @@ if not os.path.exists(os.path.join(REPO, "configs", "simclr.py")):
     REPO = "/content/ssljax"
     if not os.path.exists(REPO):
         subprocess.run(["git", "clone", "-q", "https://github.com/{GITHUB}.git", REPO], check=True)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", REPO + "[plot]"],
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", REPO + "[train,plot]"],
                    check=True)
 sys.path[:0] = [REPO]
 # Tiny settings (seconds, for CI) when SSLJAX_NOTEBOOK_TINY=1.

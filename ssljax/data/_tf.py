@@ -6,7 +6,9 @@ never reserves accelerator memory that JAX needs. The TensorFlow-free modules
 (``specs``, ``sources``, ``transfer``) never import it.
 """
 
-import tensorflow as tf
+from ssljax import _extras
+
+tf = _extras.require("tensorflow", part="ssljax's input pipeline (ssljax.data, ssljax.train)")
 
 try:
     tf.config.set_visible_devices([], "GPU")

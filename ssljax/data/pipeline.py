@@ -270,9 +270,9 @@ def make_tfds_stream(
       A ``tf.data.Dataset`` of ``{'views': float32 [b, V, S, S, 3], 'label': int32 [b]}``
       (plus ``'masks'`` with ``mask``).
     """
-    import tensorflow_datasets as tfds
-
+    from ssljax import _extras
     from ssljax.data.sources import DatasetNotFoundError
+    tfds = _extras.require("tensorflow_datasets", part=f"Streaming {name!r} through TFDS")
 
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
@@ -451,9 +451,9 @@ def make_tfds_eval_stream(
     Yields:
       ``{'image': float32 [b, S, S, 3], 'label': int32 [b], 'mask': float32 [b]}``.
     """
-    import tensorflow_datasets as tfds
-
+    from ssljax import _extras
     from ssljax.data.sources import DatasetNotFoundError
+    tfds = _extras.require("tensorflow_datasets", part=f"Streaming {name!r} through TFDS")
 
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count

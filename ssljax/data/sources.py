@@ -167,7 +167,8 @@ def _slice_and_concat(parts, load):
 def _tfds_load_arrays(name: str, split: str, data_dir: str | None):
     """Loads a prepared TFDS dataset fully into memory, or raises DatasetNotFoundError."""
     from ssljax.data import _tf  # noqa: F401  (TensorFlow off accelerators first)
-    import tensorflow_datasets as tfds  # slow import, only when needed
+    from ssljax import _extras
+    tfds = _extras.require("tensorflow_datasets", part=f"Reading {name!r} through TFDS")
 
     try:
         ds = tfds.load(name, split=split, data_dir=data_dir, as_supervised=True, download=False)

@@ -276,6 +276,8 @@ class DatasetInfo:
       num_pretrain: examples in ``pretrain_split``.
       in_memory: whether :func:`load_arrays` is the intended reader (False: stream
         with :func:`ssljax.data.pipeline.make_tfds_stream`).
+      class_names: the label names, by label (empty where there are too many to show:
+        pictures then use the numbers).
     """
 
     name: str
@@ -290,7 +292,11 @@ class DatasetInfo:
     pretrain_split: str = "train"
     num_pretrain: int = 0
     in_memory: bool = True
+    class_names: tuple[str, ...] = ()
 
+
+_FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                          "Shirt", "Sneaker", "Bag", "Ankle boot")
 
 _INFOS = {
     info.name: info
@@ -298,15 +304,17 @@ _INFOS = {
         DatasetInfo(
             name="fashion_mnist", num_classes=10, image_shape=(28, 28, 1),
             mean=(0.2860,), std=(0.3530,), num_train=60_000, num_test=10_000,
-            num_pretrain=60_000),
+            num_pretrain=60_000, class_names=_FASHION_MNIST_CLASSES),
         DatasetInfo(  # ssljax.data.coloured: Fashion-MNIST tinted with random colours
             name="coloured_fashion_mnist", num_classes=10, image_shape=(28, 28, 3),
             mean=(0.1974, 0.1974, 0.1974), std=(0.2813, 0.2813, 0.2813), num_train=60_000,
-            num_test=10_000, num_pretrain=60_000),
+            num_test=10_000, num_pretrain=60_000, class_names=_FASHION_MNIST_CLASSES),
         DatasetInfo(
             name="cifar10", num_classes=10, image_shape=(32, 32, 3),
             mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
-            num_train=50_000, num_test=10_000, num_pretrain=50_000),
+            num_train=50_000, num_test=10_000, num_pretrain=50_000,
+            class_names=("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
+                         "horse", "ship", "truck")),
         DatasetInfo(
             name="cifar100", num_classes=100, image_shape=(32, 32, 3),
             mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
@@ -315,7 +323,9 @@ _INFOS = {
             name="stl10", num_classes=10, image_shape=(96, 96, 3),
             mean=(0.4467, 0.4398, 0.4066), std=(0.2603, 0.2566, 0.2713),
             num_train=5_000, num_test=8_000,
-            pretrain_split="train+unlabelled", num_pretrain=105_000),
+            pretrain_split="train+unlabelled", num_pretrain=105_000,
+            class_names=("airplane", "bird", "car", "cat", "deer", "dog", "horse", "monkey",
+                         "ship", "truck")),
         DatasetInfo(
             name="imagenet2012", num_classes=1000, image_shape=(224, 224, 3),
             mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),

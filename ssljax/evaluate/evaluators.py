@@ -9,7 +9,9 @@ that many steps (the evaluators of the trained state only, into ``metrics.jsonl`
 ==================  =====================================================================
 ``encoder``         the trained encoder: linear probe and kNN top-1 (%), effective rank;
                     a multi-exit network's named features (backbone, sub-networks) are
-                    each probed, and their linear probes ensembled (mean of the logits)
+                    each probed, and their linear probes ensembled (mean of the logits);
+                    at the end of training, a t-SNE map of the test features
+                    (``WORKDIR/embedding.png``, ``eval.embedding_plot``)
 ``random_encoder``  the same probes on a random initialisation (``eval.baselines``)
 ``raw_pixels``      the same probes on the normalised pixels (``eval.baselines``;
                     in-memory datasets only)
@@ -79,6 +81,9 @@ class EvalContext:
     test_images: np.ndarray | None = None
     test_labels: np.ndarray | None = None
     stream_train_examples: int = 0
+    # The run's workdir at the final evaluation: the ``encoder`` evaluator draws
+    # ``embedding.png`` there (``eval.embedding_plot``). None: no pictures.
+    workdir: str | None = None
 
     @classmethod
     def create(cls, config: ml_collections.ConfigDict, method: Any, mesh: Mesh,
@@ -226,7 +231,21 @@ def encoder(ctx: EvalContext, ts: Any) -> dict:
     # How many dimensions the test embeddings use (dimensional collapse lowers it); for
     # multi-exit networks, the backbone's (the first feature set).
     out["effective_rank"] = round(_probes().effective_rank(next(iter(te_f.values()))), 2)
+    if ctx.workdir is not None and ctx.config.eval.get("embedding_plot", True):
+        _embedding_plot(ctx, next(iter(te_f.values())), te_y)
     return out
+
+
+def _embedding_plot(ctx: EvalContext, features: np.ndarray, labels: np.ndarray) -> None:
+    """``WORKDIR/embedding.png`` from the test features just computed (process 0; a picture
+    never fails the evaluation: ``ssljax.plot.write_embedding`` logs and goes on)."""
+    if jax.process_index() != 0:
+        return
+    from ssljax import plot
+    plot.write_embedding(ctx.workdir, features, labels, class_names=ctx.info.class_names,
+                         seed=ctx.config.seed,
+                         title=f"{ctx.config.method} on {ctx.config.data.name}: t-SNE of "
+                               f"{min(len(labels), plot.EMBEDDING_POINTS)} test features")
 
 
 @register("random_encoder", when=lambda config, info: config.eval.baselines,
@@ -284,7 +303,8 @@ def segmentation(ctx: EvalContext, ts: Any) -> dict:
 
 def run_evaluators(config: ml_collections.ConfigDict, method: Any, ts: Any, mesh: Mesh,
                    info: DatasetInfo, *, baselines: bool = True,
-                   context: EvalContext | None = None) -> dict[str, float]:
+                   context: EvalContext | None = None,
+                   workdir: str | None = None) -> dict[str, float]:
     """Every evaluator :func:`selected` by ``config``, in order; their metrics in one dict.
 
     Args:
@@ -298,6 +318,8 @@ def run_evaluators(config: ml_collections.ConfigDict, method: Any, ts: Any, mesh
         change during training: the evaluations every ``eval.every`` steps skip them).
       context: the evaluation data from an earlier call (:meth:`EvalContext.create`), to
         load it once for several evaluations.
+      workdir: where the evaluators may draw their pictures (the ``encoder`` evaluator's
+        ``embedding.png``, with ``eval.embedding_plot``); None draws none.
 
     Returns:
       ``{metric: value}``, as ``results.json`` holds them (percentages rounded to 2 places).
@@ -305,6 +327,8 @@ def run_evaluators(config: ml_collections.ConfigDict, method: Any, ts: Any, mesh
     names = [name for name in selected(config, info, trained=ts is not None)
              if baselines or EVALUATORS[name].needs_trained]
     ctx = context or EvalContext.create(config, method, mesh, info)
+    if workdir is not None:
+        ctx = dataclasses.replace(ctx, workdir=workdir)
     results = {}
     for name in names:
         results.update(EVALUATORS[name].fn(ctx, ts))
