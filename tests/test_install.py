@@ -166,3 +166,25 @@ def test_a_fresh_venv_with_the_core_install_computes_a_loss(tmp_path):
     proc = _run("import ssljax.train", python=python, cwd=str(tmp_path))
     assert TRAIN_MESSAGE in proc.stderr, proc.stderr[-3000:]
     print(f"fresh core venv: {time.time() - t0:.0f}s")
+
+
+def test_a_config_validates_without_the_train_extra():
+    # ssljax.config checks views, masks and jigsaw with ssljax.data.specs (TF-free), so a
+    # core install can build and check a config before any TensorFlow is needed.
+    code = _HIDE_EXTRAS + '''
+import importlib.util
+from ssljax import config
+spec = importlib.util.spec_from_file_location("cfg", "configs/infomin.py")
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+c = module.get_config("fashion_mnist")
+config.validate(c)
+c.data.jigsaw.patch = 99
+try:
+    config.validate(c)
+except config.ConfigError as e:
+    print("rejected:", e)
+'''
+    proc = _run(code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "rejected: " in proc.stdout and "jigsaw.patch=99" in proc.stdout, proc.stdout
