@@ -17,6 +17,8 @@ Exit statuses: 0 done, 2 bad input (one sentence on stderr).
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import json
 import logging
 import os
@@ -35,9 +37,6 @@ _ALLOWED = ("eval.", "data.data_dir", "data.tf_threads", "seed")
 
 def _apply_overrides(config, overrides: list[str]) -> None:
     """``--config.<key>=<value>`` onto ``config``, parsed as ``ssljax.main`` parses them."""
-    from absl import flags
-    from ml_collections import config_flags
-
     from ssljax.config import ConfigError, check_overrides
     check_overrides(overrides, config)
     for arg in overrides:
@@ -46,12 +45,40 @@ def _apply_overrides(config, overrides: list[str]) -> None:
             raise ConfigError(f"{arg.split('=')[0]} would change the trained model or its data, "
                               "not its evaluation; a re-evaluation takes only --config.eval.* "
                               "(and data.data_dir, data.tf_threads, seed).")
-    values = flags.FlagValues()
-    config_flags.DEFINE_config_dict("config", config, flag_values=values, lock_config=True)
+    for arg in overrides:
+        key, sep, text = arg[len("--config."):].partition("=")
+        *parents, last = key.split(".")
+        node = config
+        for part in parents:
+            node = node[part]
+        if not sep:
+            raise ConfigError(f"{arg} has no value; write --config.{key}=<value>.")
+        with node.unlocked() if hasattr(node, "unlocked") else contextlib.nullcontext():
+            node[last] = _parse(text, node[last], key)
+
+
+def _parse(text: str, current, key: str):
+    """``text`` as a value of ``current``'s type (as ml_collections' flags parse it)."""
+    from ssljax.config import ConfigError
     try:
-        values(["ssljax.evaluate", *overrides])
-    except flags.Error as e:
-        raise ConfigError(str(e)) from None
+        if isinstance(current, bool):
+            if text.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(text)
+            return text.lower() in ("true", "1")
+        if isinstance(current, int):
+            return int(text)
+        if isinstance(current, float):
+            return float(text)
+        if isinstance(current, (tuple, list)):
+            value = ast.literal_eval(text) if text.strip()[:1] in "([" else tuple(
+                v.strip() for v in text.split(",") if v.strip())
+            return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+        if current is None or isinstance(current, str):
+            return text
+    except (ValueError, SyntaxError):
+        pass
+    raise ConfigError(f"--config.{key}={text} is not a {type(current).__name__} like its "
+                      f"current value {current!r}; pass one.")
 
 
 def _with_current_eval_keys(config):
