@@ -15,7 +15,6 @@ import subprocess
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -103,12 +102,12 @@ def test_corinfomax_test_view_is_resize_36_centre_crop_32():
     x = np.zeros((1, 32, 32, 1), np.uint8)
     x[:, :2], x[:, -2:], x[:, :, :2], x[:, :, -2:] = 255, 255, 255, 255
     x[:, 12:20, 12:20] = 255  # a centred square, magnified by 36/32
-    seen = pl.test_view(x, pl.PROTOCOLS["corinfomax"])[0, ..., 0]
+    seen = pl.eval_view(x, pl.PROTOCOLS["corinfomax"])[0, ..., 0]
     assert seen.shape == (32, 32)
     assert seen[0].max() < 0.5 and seen[:, 0].max() < 0.5  # the frame is gone
     square = seen[4:28, 4:28].sum()
     assert 76 <= square <= 86  # 8 x 8 = 64 pixels grow by (36/32)^2 to about 81
-    np.testing.assert_array_equal(pl.test_view(x, pl.PROTOCOLS["selfcon"]), x / 255.0)
+    np.testing.assert_array_equal(pl.eval_view(x, pl.PROTOCOLS["selfcon"]), x / 255.0)
 
 
 def test_training_images_are_cropped_and_flipped():

@@ -33,7 +33,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import time
 from typing import Any, Callable
 
 import jax
@@ -43,7 +42,7 @@ import optax
 
 logger = logging.getLogger("ssljax")
 
-__all__ = ["PROTOCOLS", "PaperProtocol", "augmented_linear_probe", "epoch_lr", "test_view"]
+__all__ = ["PROTOCOLS", "PaperProtocol", "augmented_linear_probe", "epoch_lr", "eval_view"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +89,7 @@ def epoch_lr(protocol: PaperProtocol, epoch: int, epochs: int | None = None) -> 
     protocol's, the decay epochs scale with it.
 
     >>> p = PROTOCOLS["selfcon"]
-    >>> [epoch_lr(p, e) for e in (0, 59, 60, 79, 80, 99)]
+    >>> [round(epoch_lr(p, e), 6) for e in (0, 59, 60, 79, 80, 99)]
     [3.0, 3.0, 0.3, 0.3, 0.03, 0.03]
     """
     total = epochs or protocol.epochs
@@ -102,7 +101,7 @@ def epoch_lr(protocol: PaperProtocol, epoch: int, epochs: int | None = None) -> 
         1 + math.cos(math.pi * epoch / total)) / 2
 
 
-def test_view(images: np.ndarray, protocol: PaperProtocol) -> np.ndarray:
+def eval_view(images: np.ndarray, protocol: PaperProtocol) -> np.ndarray:
     """Test images in [0, 1] as the protocol shows them: as they are, or resized by
     ``test_resize`` (bilinear, antialiased) and centre-cropped back to their size."""
     x = images.astype(np.float32) / 255.0
@@ -170,7 +169,7 @@ def augmented_linear_probe(
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
     embed = jax.jit(embed)
 
-    test_x = (test_view(test_images, protocol) - mean) / std
+    test_x = (eval_view(test_images, protocol) - mean) / std
     test_f = {}
     for first in range(0, len(test_x), protocol.batch_size):
         out = jax.device_get(embed(jnp.asarray(test_x[first:first + protocol.batch_size])))
