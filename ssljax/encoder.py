@@ -214,7 +214,7 @@ def resolve(path: str, step: int | None = None) -> Source:
             raise ConfigError(f"{path} is the checkpoint of step {p.name}, not {step}; pass "
                               "the workdir with the step, or this directory alone.")
         workdir, step = p.parent.parent, int(p.name)
-    elif p.name == CHECKPOINTS and (p.parent / "run.json").exists():
+    elif p.name == CHECKPOINTS and not (p / CHECKPOINTS).exists():
         workdir = p.parent
     else:
         workdir = p

@@ -15,6 +15,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -93,6 +94,33 @@ def test_probe_equals_a_numpy_reference():
     scores = pl.scores("selfcon", protocol, out)
     assert scores["paper_selfcon_linear_top1"] == round(100 * accs[-1], 2)
     assert scores["paper_selfcon_linear_best_top1"] == round(100 * max(accs), 2)
+
+
+def test_named_feature_sets_get_a_probe_each_and_their_ensemble():
+    """A multi-exit network (SelfCon): one classifier per exit, and the ensemble scores the
+    mean of their logits, as SelfCon's main_linear.py does."""
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 160)
+    images = (rng.integers(0, 60, (160, 4, 4, 1)) + 60 * y[:, None, None, None]).astype(
+        np.uint8)
+    proj = rng.normal(size=(16, 6)).astype(np.float32)
+    embed = lambda x: {"backbone": x.reshape(len(x), -1) @ proj,  # noqa: E731
+                       "subnet_stage2": x.reshape(len(x), -1)[:, :8]}
+    protocol = dataclasses.replace(pl.PROTOCOLS["selfcon"], batch_size=32, lr=0.1, epochs=2)
+    out = pl.augmented_linear_probe(
+        embed, images[:120], y[:120], images[120:], y[120:], num_classes=3, protocol=protocol,
+        mean=(0.5,), std=(0.25,), seed=0, augment=lambda im, s: im.astype(np.float32) / 255)
+    feats = embed(jnp.asarray(((images[120:] / 255.0) - 0.5) / 0.25, jnp.float32))
+    logits = {k: np.asarray(feats[k]) @ out["params"][k]["w"] + out["params"][k]["b"]
+              for k in feats}
+    for k in feats:
+        assert out["top1"][k][-1] == pytest.approx(np.mean(logits[k].argmax(-1) == y[120:]))
+    ensemble = np.mean(np.mean(list(logits.values()), 0).argmax(-1) == y[120:])
+    assert out["ensemble"][-1] == pytest.approx(ensemble)
+    scores = pl.scores("selfcon", protocol, out)
+    assert {"paper_selfcon_linear_top1", "paper_selfcon_subnet_stage2_linear_top1",
+            "paper_selfcon_ensemble_linear_top1",
+            "paper_selfcon_ensemble_linear_best_top1"} <= set(scores)
 
 
 def test_corinfomax_test_view_is_resize_36_centre_crop_32():
@@ -190,6 +218,25 @@ def test_paper_protocols_through_reevaluation(run):
         "--config.eval.paper_protocol=metamask"])
     want = knn_of_the_trained_state(run, k=5, temperature=1.0)
     assert results["paper_metamask_knn_top1"] == round(100 * want, 2)
+
+
+@pytest.mark.slow  # about 30 s: the dense probe and the random encoder compile twice
+def test_reevaluation_runs_the_dense_probe_and_the_baselines_as_training_would(run):
+    """The dense probe reads feature maps (other leaves than the features): re-evaluation
+    restores those too, and scores what the trainer's evaluators score on the state."""
+    overrides = {"eval.segmentation": True, "eval.segmentation_epochs": 1,
+                 "eval.segmentation_train_examples": 128, "eval.baselines": True}
+    _, results = evaluate_checkpoint(run["workdir"], name="all", overrides=[
+        f"--config.{k}={v}" for k, v in overrides.items()])
+    config = run["config"].copy_and_resolve_references()
+    for key, value in overrides.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    want = evaluators.run_evaluators(config, run["method"], run["ts"], run["mesh"], run["info"])
+    assert {k for k in want} <= set(results)
+    for key in ("segmentation_miou", "raw_pixels_knn_top1", "random_encoder_knn_top1",
+                "knn_top1", "linear_probe_top1"):
+        assert results[key] == pytest.approx(want[key], abs=0.011), key
 
 
 def test_reevaluation_cli_bad_input_is_one_sentence(tmp_path):
