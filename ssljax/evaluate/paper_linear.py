@@ -216,6 +216,9 @@ def augmented_linear_probe(
             mean_logits = np.mean([logits[k] for k in host], axis=0)
             history["ensemble"].append(float(np.mean(np.argmax(mean_logits, -1) == test_y)))
         history["lr"].append(lr)
+        logger.info("%s linear protocol, epoch %d/%d: lr %.4g, test top-1 %s", protocol.paper,
+                    epoch + 1, epochs, lr, ", ".join(
+                        f"{k or 'encoder'} {100 * v[-1]:.2f}%" for k, v in history["top1"].items()))
     history["params"] = jax.device_get(params)
     return history
 
