@@ -188,11 +188,18 @@ np.save({str(tmp_path / 'ckpt.npy')!r}, ssljax.load_encoder({simclr_run['workdir
     np.testing.assert_allclose(np.load(tmp_path / "file.npy"), want, rtol=2e-5, atol=2e-5)
 
 
+_BACKBONE_ONLY = {"params": ["backbone"], "state": ["batch_stats"]}
+# Every other method, slow tier (about 10 s each); the two view-learning methods need RGB
+# configs of their own and are not covered here.
+_OTHERS = ("barlow_twins", "ce", "corinfomax", "infomin", "moco", "mrcl", "simclr", "simsiam",
+           "subnet_ce", "supcon", "vicreg")
+
+
 @pytest.mark.parametrize("method_name, kept", [
     ("metamask", {"params": ["backbone"], "state": ["batch_stats", "mask"]}),
     ("selfcon", None),
-    ("byol", {"params": ["backbone"], "state": ["batch_stats"]}),
-])
+    ("byol", _BACKBONE_ONLY),
+] + [pytest.param(m, None, marks=pytest.mark.slow) for m in _OTHERS])
 def test_other_methods_load_what_their_evaluation_uses(method_name, kept, tmp_path):
     """MetaMask scores masked features (the mask is state), SelfCon a backbone and a
     sub-network exit, BYOL has an EMA target and a predictor (not loaded)."""
