@@ -410,9 +410,15 @@ def restore_variables(workdir: str, step: int, params: PyTree, state: PyTree,
                 f"config builds ({'/'.join(map(str, key))}: "
                 f"{'missing' if got is None else tuple(got.shape)} on disk, "
                 f"{tuple(want.shape)} expected); was run.json edited?")
-    with jax.enable_x64(True):  # float64 leaves (CorInfoMax's state) stay float64
-        restored = ckptr.restore(directory, args=ocp.args.PyTreeRestore(
-            item=item, restore_args=restore_args, partial_restore=True))
+    try:
+        with jax.enable_x64(True):  # float64 leaves (CorInfoMax's state) stay float64
+            restored = ckptr.restore(directory, args=ocp.args.PyTreeRestore(
+                item=item, restore_args=restore_args, partial_restore=True))
+    except Exception as e:  # noqa: BLE001 - damaged array data: one sentence
+        first = (str(e).splitlines() or [""])[0][:120]
+        raise ConfigError(f"The checkpoint of step {step} in {workdir} is damaged "
+                          f"({type(e).__name__}: {first}); pick another step with --step."
+                          ) from None
     values = _flat(restored)
     out = jax.tree_util.tree_map_with_path(lambda p, _: values[_path_key(p)], target)
     return out["params"], out["state"]

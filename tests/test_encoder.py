@@ -255,6 +255,22 @@ def test_partial_checkpoint_is_named(simclr_run, tmp_path):
         enc.load_encoder(str(workdir), step=STEP)
 
 
+def test_damaged_array_data_is_one_sentence(simclr_run, tmp_path):
+    import shutil
+    workdir = tmp_path / "copy"
+    shutil.copytree(simclr_run["workdir"], workdir)
+    data = workdir / "checkpoints" / str(STEP) / "state"
+    for root, _, files in os.walk(data):
+        for f in files:
+            if os.path.basename(root) == "d":  # the array chunks: cut to half
+                path = os.path.join(root, f)
+                with open(path, "r+b") as fh:
+                    fh.truncate(os.path.getsize(path) // 2)
+    with pytest.raises(ConfigError, match="step 6 .* is (damaged|unreadable) .*pick another step") as info:
+        enc.load_encoder(str(workdir))
+    assert "\n" not in str(info.value)
+
+
 def test_gs_paths_go_through_epath(simclr_run, monkeypatch):
     """A ``gs://`` workdir takes the same code path as a local one: every listing and read
     goes through etils.epath (here mapped onto the local workdir) and orbax gets the path
