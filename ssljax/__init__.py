@@ -8,6 +8,7 @@ Where things live:
   ssljax.train     the generic, jit-sharded training loop
   ssljax.evaluate  kNN, linear and dense probes; the evaluators a config selects
   ssljax.presets   dataset presets and the variant parser of configs/*.py
+  ssljax.encoder   load_encoder: a trained run (or an exported file) as features; export
   ssljax.plot      curves.png and embedding.png of a run; `python -m ssljax.plot` overlays runs
 
 `pip install ssljax` is the core (losses, models, methods: no TensorFlow); the trainer needs
@@ -20,3 +21,11 @@ from ssljax.xla_flags import apply_cpu_defaults as _apply_cpu_defaults
 _apply_cpu_defaults()
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # ``ssljax.load_encoder`` without importing JAX-heavy modules on ``import ssljax``.
+    if name in ("load_encoder", "export_encoder", "Encoder"):
+        from ssljax import encoder
+        return getattr(encoder, name)
+    raise AttributeError(f"module 'ssljax' has no attribute {name!r}")

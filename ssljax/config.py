@@ -115,6 +115,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval.segmentation_epochs = 10
     c.eval.segmentation_lr = 1e-2
     c.eval.segmentation_train_examples = 10000
+    # A paper's own linear protocol beside ours (ssljax.evaluate.paper_linear): 'selfcon',
+    # 'corinfomax' (a classifier on augmented images through the frozen backbone) or
+    # 'metamask' (its kNN); '' (default): none. paper_epochs > 0 shortens it.
+    c.eval.paper_protocol = ""
+    c.eval.paper_epochs = 0
     return c
 
 
@@ -181,7 +186,7 @@ _RULES: tuple[tuple[str, str], ...] = (
     ("eval.linear_final_lr_ratio", _PROBABILITY), ("eval.linear_decay_rate", _POSITIVE),
     ("eval.image_size", _NON_NEGATIVE), ("eval.segmentation_epochs", _POSITIVE),
     ("eval.segmentation_threshold", _PROBABILITY),
-    ("eval.segmentation_train_examples", _POSITIVE),
+    ("eval.segmentation_train_examples", _POSITIVE), ("eval.paper_epochs", _NON_NEGATIVE),
     ("*_coeff", _NON_NEGATIVE), ("*lambd*", _NON_NEGATIVE), ("*weight_*", _NON_NEGATIVE),
     ("*_weight", _NON_NEGATIVE), ("*.alpha", _NON_NEGATIVE), ("*.beta", _NON_NEGATIVE),
 )
@@ -191,6 +196,7 @@ _CHOICES = {
     "model.stem": ("cifar", "imagenet"), "model.dtype": ("float32", "bfloat16", "float64"),
     "model.pool": ("cls", "mean"), "eval.linear_optimizer": ("adamw", "sgd"),
     "eval.linear_schedule": ("cosine", "piecewise"),
+    "eval.paper_protocol": ("", "selfcon", "corinfomax", "metamask"),
 }
 _CHECKS = {
     _POSITIVE: lambda v: v > 0, _NON_NEGATIVE: lambda v: v >= 0,

@@ -17,6 +17,9 @@ that many steps (the evaluators of the trained state only, into ``metrics.jsonl`
                     in-memory datasets only)
 ``segmentation``    the dense probe of ``ssljax.evaluate.segmentation``
                     (``eval.segmentation``; Fashion-MNIST)
+``paper_protocol``  a paper's own linear protocol (``eval.paper_protocol``: selfcon,
+                    corinfomax; metamask's kNN), ``ssljax.evaluate.paper_linear``;
+                    off by default, in-memory datasets
 ==================  =====================================================================
 
 A new evaluator is a function ``(ctx: EvalContext, ts) -> dict`` decorated with
@@ -296,6 +299,45 @@ def segmentation(ctx: EvalContext, ts: Any) -> dict:
         lr=ec.segmentation_lr, train_examples=ec.segmentation_train_examples, seed=config.seed)
     logger.info("Segmentation probe: mIoU %.2f%%, pixel accuracy %.2f%% (%.0fs)",
                 out["segmentation_miou"], out["segmentation_pixel_acc"], time.time() - t0)
+    return out
+
+
+@register("paper_protocol", when=lambda config, info: bool(config.eval.get("paper_protocol", "")))
+def paper_protocol(ctx: EvalContext, ts: Any) -> dict:
+    """A paper's linear protocol on augmented images through the frozen encoder (last and,
+    labelled ``_best``, best epoch), or MetaMask's kNN (``eval.paper_protocol``)."""
+    from ssljax.evaluate import paper_linear
+    config, info = ctx.config, ctx.info
+    name = config.eval.paper_protocol
+    protocol = paper_linear.PROTOCOLS[name]
+    t0 = time.time()
+    if protocol.kind == "knn":
+        (tr_f, tr_y), (te_f, te_y) = ctx.features(ts.params, ts.state)
+        key = "" if "" in te_f else "backbone"
+        knn = _probes().knn_top1(tr_f[key], tr_y, te_f[key], te_y, k=protocol.knn_k,
+                                 temperature=protocol.knn_temperature,
+                                 num_classes=info.num_classes)
+        logger.info("%s protocol: kNN (k %d, T %.1f) %.2f%%", protocol.paper, protocol.knn_k,
+                    protocol.knn_temperature, 100 * knn)
+        return {f"paper_{name}_knn_top1": round(100 * knn, 2)}
+    if not info.in_memory or (ctx.eval_size and ctx.eval_size != ctx.train_images.shape[1]):
+        raise ConfigError(f"The {name} linear protocol augments in-memory images at their own "
+                          f"size; {config.data.name} with eval.image_size={ctx.eval_size} is "
+                          "not supported; unset --config.eval.paper_protocol (or "
+                          "eval.image_size).")
+    if jax.process_count() > 1:
+        raise ConfigError(f"The {name} linear protocol runs in one process; re-evaluate the "
+                          "checkpoint with `python -m ssljax.evaluate` on one host.")
+    history = paper_linear.augmented_linear_probe(
+        lambda x: ctx.method.embed_named(ts.params, ts.state, x), ctx.train_images,
+        ctx.train_labels, ctx.test_images, ctx.test_labels, num_classes=info.num_classes,
+        protocol=protocol, mean=info.mean, std=info.std, seed=config.seed,
+        epochs=config.eval.get("paper_epochs", 0) or None)
+    out = paper_linear.scores(name, protocol, history)
+    logger.info("%s linear protocol (%d epochs): last %.2f%%, best %.2f%% (%.0fs)",
+                protocol.paper, len(history["lr"]),
+                out[f"paper_{name}_linear_top1"], out[f"paper_{name}_linear_best_top1"],
+                time.time() - t0)
     return out
 
 
