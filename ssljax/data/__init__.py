@@ -30,16 +30,18 @@ from ssljax.data.sources import (
     load_arrays,
 )
 from ssljax.data.specs import AugmentConfig, JigsawConfig, MaskConfig, mask_config_from, num_masked
+from ssljax.data.eval_batches import make_eval_batches
 from ssljax.data.transfer import global_iterator, to_global
+from ssljax.data import device_input  # noqa: E402  (JAX, no TensorFlow: augment_on='device')
 
 # Names whose module imports TensorFlow: loaded on first access (PEP 562).
 _LAZY = {
     "augment_batch": "ssljax.data.augment",
     "configure_tf": "ssljax.data.pipeline",
-    "make_eval_batches": "ssljax.data.pipeline",
     "make_tfds_eval_stream": "ssljax.data.pipeline",
     "make_pretrain_dataset": "ssljax.data.pipeline",
     "make_tfds_stream": "ssljax.data.pipeline",
+    "make_tfds_image_stream": "ssljax.data.pipeline",
 }
 
 
@@ -67,6 +69,8 @@ __all__ = [
     "make_tfds_eval_stream",
     "make_pretrain_dataset",
     "make_tfds_stream",
+    "make_tfds_image_stream",
+    "device_input",
     "mask_config_from",
     "num_masked",
     "to_global",
