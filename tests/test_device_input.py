@@ -1,0 +1,186 @@
+"""data.augment_on='device': the NumPy host loop, masks drawn in JAX, the choice of path,
+and the trainer end to end (resume, 1 vs 8 devices, no TensorFlow installed)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from scipy import stats
+
+from ssljax import sharding, train
+from ssljax.config import ConfigError, validate
+from ssljax.data import device_input as DI
+from ssljax.data.specs import AugmentConfig, MaskConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+from helpers import load_config, read_metrics, tiny_config  # noqa: E402
+
+
+# ============================================================================ host loop
+
+
+def _images(n=20):
+    x = np.arange(n, dtype=np.uint8).reshape(n, 1, 1, 1)
+    return np.broadcast_to(x, (n, 3, 3, 1)).copy(), np.arange(n)
+
+
+def _take(it, k):
+    return [next(it) for _ in range(k)]
+
+
+def test_host_batches_cover_each_epoch_once_and_resume_exactly():
+    x, y = _images(20)
+    straight = _take(DI.host_batches(x, y, global_batch_size=6, seed=1), 9)
+    epoch0 = np.concatenate([b["label"] for b in straight[:3]])
+    assert sorted(epoch0.tolist()) == sorted(set(epoch0.tolist()))  # no repeats in an epoch
+    assert not np.array_equal(epoch0, np.concatenate([b["label"] for b in straight[3:6]]))
+    for b in straight:
+        np.testing.assert_array_equal(b["image"][:, 0, 0, 0], b["label"])
+    resumed = _take(DI.host_batches(x, y, global_batch_size=6, seed=1, start_step=4), 5)
+    for a, b in zip(straight[4:], resumed):
+        np.testing.assert_array_equal(a["label"], b["label"])
+
+
+def test_host_batches_split_over_processes_give_the_global_batch():
+    x, y = _images(20)
+    whole = _take(DI.host_batches(x, y, global_batch_size=6, seed=2), 4)
+    parts = [_take(DI.host_batches(x, y, global_batch_size=6, seed=2, process_index=p,
+                                   process_count=3), 4) for p in range(3)]
+    for s in range(4):
+        np.testing.assert_array_equal(
+            np.concatenate([parts[p][s]["label"] for p in range(3)]), whole[s]["label"])
+
+
+# ============================================================================ masks
+
+
+@pytest.mark.parametrize("kind", ["random", "block"])
+def test_masks_count_views_and_devices(kind):
+    cfg = MaskConfig(ratio=0.25, patch_size=4, views=(1,), kind=kind, num_blocks=2)
+    fn = jax.jit(lambda s: DI.sample_masks(0, s, 16, 2, 32, cfg))
+    masks = np.asarray(fn(jnp.int32(3)))
+    assert masks.shape == (16, 2, 8, 8)
+    assert not masks[:, 0].any()
+    assert (masks[:, 1].sum(axis=(1, 2)) == 16).all()  # round(0.25 * 64) per view
+    assert not np.array_equal(masks, np.asarray(fn(jnp.int32(4))))
+    # The same masks whatever the number of devices holding the output.
+    for n in (1, 8):
+        out = NamedSharding(Mesh(np.asarray(jax.devices()[:n]), ("data",)), P("data"))
+        sharded = jax.jit(lambda s: DI.sample_masks(0, s, 16, 2, 32, cfg), out_shardings=out)
+        np.testing.assert_array_equal(np.asarray(sharded(jnp.int32(3))), masks)
+
+
+def test_random_masks_are_uniform_over_patches_like_the_host_sampler():
+    import tensorflow as tf
+
+    from ssljax.data import masking
+    cfg = MaskConfig(ratio=0.5, patch_size=4, views=(0,))
+    dev = np.asarray(DI.sample_masks(0, 0, 2000, 1, 16, cfg))[:, 0].reshape(2000, -1)
+    host = masking.sample_masks(tf.constant([0, 1], tf.int64), 2000, 1, 16, cfg).numpy()
+    host = host[:, 0].reshape(2000, -1)
+    p = stats.chi2_contingency(np.stack([dev.sum(0), host.sum(0)])).pvalue
+    assert p > 1e-3, f"per-patch frequencies differ from the host sampler's (p={p:.2g})"
+
+
+# ============================================================================ which path
+
+
+def test_resolve_picks_the_path_per_backend_and_refuses_host_only_ops():
+    plain, ra = [AugmentConfig()] * 2, [AugmentConfig(), AugmentConfig(randaugment_n=2)]
+    assert DI.resolve("auto", "cpu", plain)[0] is False
+    assert DI.resolve("auto", "gpu", plain)[0] is True
+    assert DI.resolve("auto", "tpu", ra)[0] is False  # host-only op: auto stays on the host
+    assert DI.resolve("host", "gpu", plain)[0] is False
+    assert DI.resolve("device", "cpu", plain)[0] is True
+    with pytest.raises(ValueError, match=r"^RandAugment \(data\.augment2\.randaugment_n=2\).*"
+                                         r"augment_on=host"):
+        DI.resolve("device", "gpu", ra)
+    with pytest.raises(ValueError, match="jigsaw view.*augment_on=host"):
+        DI.resolve("device", "gpu", plain, jigsaw={"size": 64})
+
+
+def test_infomin_on_the_device_stops_at_start_up_with_one_sentence():
+    c = load_config("infomin")
+    c.data.augment_on = "device"
+    with pytest.raises(ConfigError) as e:
+        validate(c)
+    text = str(e.value)
+    assert text.count(". ") == 0 and text.endswith(").") or text.endswith("host.")
+    assert "has no device implementation" in text and "augment_on=host" in text
+    c.data.augment_on = "host"
+    validate(c)
+
+
+# ============================================================================ the trainer
+
+
+def _run(workdir, method="simclr", devices=1, **overrides):
+    overrides = {"data.augment_on": "device", "total_steps": 6, "stop_after_step": 4,
+                 **overrides}
+    mesh = sharding.make_mesh(devices)
+    return train.train_and_evaluate(tiny_config(method, **overrides), str(workdir), mesh=mesh)
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("straight")
+    assert _run(workdir) == {}
+    return read_metrics(str(workdir))
+
+
+@pytest.mark.slow  # ~40 s: three tiny runs compile the step
+def test_device_run_resumes_exactly(straight_run, tmp_path):
+    _run(tmp_path, stop_after_step=2)
+    _run(tmp_path)
+    resumed = read_metrics(str(tmp_path))
+    assert sorted(resumed) == [1, 2, 3, 4]
+    np.testing.assert_allclose([resumed[s]["loss"] for s in (3, 4)],
+                               [straight_run[s]["loss"] for s in (3, 4)], rtol=1e-6)
+
+
+@pytest.mark.slow  # ~60 s
+def test_device_run_on_eight_devices_matches_one(straight_run, tmp_path):
+    _run(tmp_path, devices=8)
+    eight = read_metrics(str(tmp_path))
+    # The same views (bit for bit, test_device_augment); step 1 then differs only by the
+    # step's own summation order across devices (test_train's tolerance).
+    np.testing.assert_allclose([eight[s]["loss"] for s in (1, 2)],
+                               [straight_run[s]["loss"] for s in (1, 2)], rtol=1e-5)
+
+
+_NO_TF = r"""
+import json, os, sys
+sys.modules["tensorflow"] = None  # 'import tensorflow' raises ImportError, as if not installed
+sys.modules["tensorflow_datasets"] = None
+sys.path[:0] = [{tests!r}, {repo!r}]
+import jax
+jax.config.update("jax_platforms", "cpu")
+jax.config.update("jax_num_cpu_devices", 2)
+from helpers import tiny_config
+from ssljax import sharding, train
+c = tiny_config({method!r}, **{{"data.augment_on": "device", "total_steps": 3}})
+results = train.train_and_evaluate(c, sys.argv[1], mesh=sharding.make_mesh(2))
+loaded = [m for m in sys.modules if m.startswith("tensorflow") and sys.modules[m] is not None]
+print(json.dumps(dict(results=results, loaded=loaded)))
+"""
+
+
+@pytest.mark.slow  # ~60 s each: a whole run (train, linear probe, kNN) in a fresh process
+@pytest.mark.parametrize("method", ["simclr", "mrcl"])
+def test_trains_and_evaluates_without_tensorflow(method, tmp_path):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", SSLJAX_XLA_CPU_DEFAULTS="0")
+    code = _NO_TF.format(tests=os.path.join(REPO, "tests"), repo=REPO, method=method)
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["loaded"] == []
+    assert out["results"]["steps"] == 3 and "linear_probe_top1" in out["results"]
