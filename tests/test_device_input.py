@@ -184,3 +184,33 @@ def test_trains_and_evaluates_without_tensorflow(method, tmp_path):
     out = json.loads(done.stdout.strip().splitlines()[-1])
     assert out["loaded"] == []
     assert out["results"]["steps"] == 3 and "linear_probe_top1" in out["results"]
+
+
+CONFIGS = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs"))
+                 if f.endswith(".py") and not f.startswith("_"))
+
+
+@pytest.mark.slow  # ~40 s per config: a fresh process compiles the step
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_config_trains_on_the_device_from_the_command_line(name, tmp_path):
+    """Each config file's Fashion-MNIST variant takes a step with --config.data.augment_on=device,
+    or (InfoMin's jigsaw view, RandAugment) stops before any work with the one sentence."""
+    from helpers import config_flags
+    config = tiny_config(name, **{"total_steps": 2, "stop_after_step": 1})
+    flags = config_flags(name, config) + ["--config.data.augment_on=device"]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", SSLJAX_XLA_CPU_DEFAULTS="0")
+    done = subprocess.run([sys.executable, "-m", "ssljax.main",
+                           f"--config=configs/{name}.py:fashion_mnist", f"--workdir={tmp_path}",
+                           *flags], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=900)
+    c = load_config(name)
+    configs = train.augment_configs(c.data)
+    from ssljax import methods
+    method = methods.get_method(c.method)(c, num_classes=10)
+    reason = DI.unsupported_reason(configs, method.input_spec.jigsaw)
+    if reason:
+        assert done.returncode != 0 and reason in done.stderr, done.stderr[-2000:]
+        return
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_metrics(str(tmp_path))
+    assert sorted(rows) == [1] and np.isfinite(rows[1]["loss"])
