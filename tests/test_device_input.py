@@ -71,11 +71,21 @@ def test_masks_count_views_and_devices(kind):
     assert not masks[:, 0].any()
     assert (masks[:, 1].sum(axis=(1, 2)) == 16).all()  # round(0.25 * 64) per view
     assert not np.array_equal(masks, np.asarray(fn(jnp.int32(4))))
-    # The same masks whatever the number of devices holding the output.
+    # The same masks (and views) whatever the number of devices holding the batch, made as
+    # the trainer makes them: inside the jitted step, from the sharded global batch.
+    prepare = DI.make_prepare(configs=[AugmentConfig()] * 2, seed=0, image_size=32,
+                              mean=[0.5] * 3, std=[0.5] * 3, mask=cfg)
+    images = np.random.default_rng(0).integers(0, 256, [16, 32, 32, 3], dtype=np.uint8)
+    outs = []
     for n in (1, 8):
-        out = NamedSharding(Mesh(np.asarray(jax.devices()[:n]), ("data",)), P("data"))
-        sharded = jax.jit(lambda s: DI.sample_masks(0, s, 16, 2, 32, cfg), out_shardings=out)
-        np.testing.assert_array_equal(np.asarray(sharded(jnp.int32(3))), masks)
+        shard = NamedSharding(Mesh(np.asarray(jax.devices()[:n]), ("data",)), P("data"))
+        fn = jax.jit(prepare, in_shardings=(shard, None), out_shardings=shard)
+        outs.append(fn({"image": jax.device_put(images, shard),
+                        "label": jax.device_put(np.zeros(16, np.int32), shard)}, jnp.int32(3)))
+    np.testing.assert_array_equal(np.asarray(outs[0]["masks"]), masks)
+    np.testing.assert_array_equal(np.asarray(outs[1]["masks"]), masks)
+    np.testing.assert_allclose(np.asarray(outs[0]["views"]), np.asarray(outs[1]["views"]),
+                               rtol=0, atol=1e-5)  # float rounding only (test_device_augment)
 
 
 def test_random_masks_are_uniform_over_patches_like_the_host_sampler():

@@ -209,12 +209,16 @@ def _gray(x):
 def rgb_to_hsv(x: jax.Array) -> jax.Array:
     """tf.image.rgb_to_hsv's formulas (hue in [0, 1))."""
     r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    value = jnp.maximum(jnp.maximum(r, g), b)
-    rng = value - jnp.minimum(jnp.minimum(r, g), b)
+    value = jnp.max(x, axis=-1)
+    rng = value - jnp.min(x, axis=-1)
     sat = jnp.where(value > 0, rng / jnp.where(value > 0, value, 1.0), 0.0)
     norm = (1.0 / 6.0) / jnp.where(rng > 0, rng, 1.0)
-    hue = jnp.where(r == value, norm * (g - b),
-                    jnp.where(g == value, norm * (b - r) + 2.0 / 6.0, norm * (r - g) + 4.0 / 6.0))
+    # The channel that holds the maximum, first on ties (tf's r == V, then g == V). Not an
+    # equality test against ``value``: XLA may fuse and recompute ``x`` for each use with
+    # another rounding (it did on 8 CPU devices), and then no channel equals the maximum.
+    top = jnp.argmax(x, axis=-1)
+    hue = jnp.where(top == 0, norm * (g - b),
+                    jnp.where(top == 1, norm * (b - r) + 2.0 / 6.0, norm * (r - g) + 4.0 / 6.0))
     hue = jnp.where(rng > 0, hue, 0.0)
     hue = jnp.where(hue < 0, hue + 1.0, hue)
     return jnp.stack([hue, sat, value], axis=-1)
