@@ -214,6 +214,8 @@ def step_cost(args) -> dict:
         ts = steps.init(train.init_key(0), batch)
         compiled = steps.train_step.lower(ts, batch, jax.random.key(0)).compile()
         out[f"step_gflops_{name}_augment"] = _flops(compiled) / 1e9
+        if args.flops_only:
+            continue
 
         def run(batch=batch, compiled=compiled, holder=[ts]):
             holder[0], metrics = compiled(holder[0], batch, jax.random.key(0))
@@ -222,6 +224,10 @@ def step_cost(args) -> dict:
         jax.block_until_ready(run())  # warm-up
         runners[name] = run
         del ts
+    out["step_augment_flops_pct"] = 100 * (out["step_gflops_with_augment"]
+                                           / out["step_gflops_without_augment"] - 1)
+    if args.flops_only:
+        return out
     # Alternate the two, so that a change of the machine's load hits both alike.
     times = {name: [] for name in runners}
     for _ in range(args.step_repeats):
@@ -233,8 +239,6 @@ def step_cost(args) -> dict:
         out[f"step_ms_{name}_augment"] = 1000 * statistics.median(times[name])
     out["step_augment_overhead_pct"] = 100 * (out["step_ms_with_augment"]
                                               / out["step_ms_without_augment"] - 1)
-    out["step_augment_flops_pct"] = 100 * (out["step_gflops_with_augment"]
-                                           / out["step_gflops_without_augment"] - 1)
     return out
 
 
@@ -259,6 +263,8 @@ def main(argv=None) -> None:
                         help="'' skips the whole-step figure")
     parser.add_argument("--step-batch", type=int, default=256)
     parser.add_argument("--step-repeats", type=int, default=3)
+    parser.add_argument("--flops-only", action="store_true",
+                        help="compile the step and report its FLOPs; no timing")
     parser.add_argument("--set", action="append", default=[],
                         help="config override of the step, e.g. model.dtype='bfloat16'")
     parser.add_argument("--only", choices=["host", "device"], default=None, help=argparse.SUPPRESS)
@@ -305,11 +311,17 @@ def main(argv=None) -> None:
     if args.step_config and "step" not in args.skip:
         figure = step_cost(args)
         results.update({k: round(v, 3) if isinstance(v, float) else v for k, v in figure.items()})
-        print(f"step {args.step_config} batch {args.step_batch}: "
-              f"{figure['step_ms_without_augment']:.1f} ms without, "
-              f"{figure['step_ms_with_augment']:.1f} ms with device augmentation "
-              f"({figure['step_augment_overhead_pct']:+.1f}%; FLOPs "
-              f"{figure['step_augment_flops_pct']:+.2f}%)", flush=True)
+        if args.flops_only:
+            print(f"step {args.step_config} batch {args.step_batch}: "
+                  f"{figure['step_gflops_without_augment']:.1f} GFLOP without, "
+                  f"{figure['step_gflops_with_augment']:.1f} with device augmentation "
+                  f"({figure['step_augment_flops_pct']:+.2f}%)", flush=True)
+        else:
+            print(f"step {args.step_config} batch {args.step_batch}: "
+                  f"{figure['step_ms_without_augment']:.1f} ms without, "
+                  f"{figure['step_ms_with_augment']:.1f} ms with device augmentation "
+                  f"({figure['step_augment_overhead_pct']:+.1f}%; FLOPs "
+                  f"{figure['step_augment_flops_pct']:+.2f}%)", flush=True)
     print(json.dumps(results))
 
 

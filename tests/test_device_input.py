@@ -132,6 +132,39 @@ def test_infomin_on_the_device_stops_at_start_up_with_one_sentence():
 # ============================================================================ the trainer
 
 
+def test_the_compiled_step_keys_the_views_by_the_train_state_step():
+    """The trainer's step makes the views first, from TrainState.step: a state at step k (a
+    fresh one after k steps, or one restored from a checkpoint) sees step k's views."""
+    import optax
+
+    from ssljax.methods.base import TrainState
+
+    class Stub:  # a method that reports the views it was given
+        def init(self, rng, batch, tx, probe_tx):
+            return TrainState(step=jnp.int32(0), params={"w": jnp.zeros([])}, opt_state={},
+                              state={}, probe_params={}, probe_opt_state={})
+
+        def train_step(self, ts, batch, rng, tx, probe_tx, schedule):
+            return ts.replace(step=ts.step + 1), {"views": batch["views"]}
+
+    mesh = sharding.make_mesh(8)
+    steps = train.CompiledStep(Stub(), optax.sgd(0.1), optax.sgd(0.1), lambda s: 0.1, mesh)
+    steps.prepare = DI.make_prepare(configs=[AugmentConfig()] * 2, seed=5, image_size=8,
+                                    mean=[0.5], std=[0.5])
+    x = np.random.default_rng(0).integers(0, 256, [16, 10, 10, 1], dtype=np.uint8)
+    host = {"image": x, "label": np.zeros(16, np.int32)}
+    batch = train.data.to_global(host, sharding.batch_sharding(mesh))
+    ts = steps.init(jax.random.key(0), batch)
+    seen = []
+    for _ in range(3):
+        ts, metrics = steps.train_step(ts, batch, jax.random.key(0))
+        seen.append(np.asarray(metrics["views"]))
+    for k in range(3):
+        want = steps.prepare({k2: jnp.asarray(v) for k2, v in host.items()}, jnp.int32(k))
+        np.testing.assert_allclose(seen[k], np.asarray(want["views"]), rtol=0, atol=1e-5)
+    assert np.abs(seen[0] - seen[1]).mean() > 0.1
+
+
 def _run(workdir, method="simclr", devices=1, **overrides):
     overrides = {"data.augment_on": "device", "total_steps": 6, "stop_after_step": 4,
                  **overrides}
