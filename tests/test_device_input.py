@@ -282,3 +282,15 @@ def test_every_config_trains_on_the_device_from_the_command_line(name, tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = read_metrics(str(tmp_path))
     assert sorted(rows) == [1] and np.isfinite(rows[1]["loss"])
+
+
+@pytest.mark.slow  # ~40 s
+def test_streamed_dataset_trains_with_device_augmentation(tmp_path):
+    """The GPU path: a TFDS stream (mock ImageNet) decoded and resized on the host, the views
+    made in the step from each image's decoded size."""
+    import tensorflow_datasets as tfds
+    with tfds.testing.mock_data(num_examples=64):
+        assert _run(tmp_path, **{"data.name": "imagenet2012", "total_steps": 3,
+                                 "stop_after_step": 2}) == {}
+    rows = read_metrics(str(tmp_path))
+    assert sorted(rows) == [1, 2] and all(np.isfinite(r["loss"]) for r in rows.values())

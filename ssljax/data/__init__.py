@@ -11,6 +11,10 @@ Layers, each importing only those above it:
   ``ops`` only (``augment`` also runs ``randaugment``); ``infomin_aug`` re-exports the
   last two under their old path.
 * ``pipeline``: the tf.data pipelines of pre-training and evaluation.
+* ``device_augment`` and ``device_input`` (JAX, no TensorFlow): ``data.augment_on='device'``,
+  the views made inside the jitted step, fed by a NumPy host loop (in-memory data) or by
+  ``pipeline.make_tfds_image_stream`` (decode and resize only); ``eval_batches``: the
+  in-memory evaluation batches (TensorFlow only to resize).
 
 Importing this package imports no TensorFlow: the names below that need it (the
 augmentation and the pipelines) load their module on first use, so methods, models and

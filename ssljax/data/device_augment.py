@@ -18,7 +18,12 @@ units of an accelerator, and at ``Precision.HIGHEST`` so the result matches tf.i
 kernels to ~1e-6.
 
 Not on the device: RandAugment (InfoMin Aug) and the jigsaw view; :func:`unsupported` names
-them so the trainer can stop at start-up with one sentence.
+them so the trainer can stop at start-up with one sentence (``augment_on='auto'`` keeps such
+configs on the host). RandAugment reproduces PIL's 8-bit arithmetic, and its geometric ops
+need float64 to truncate to the same level as PIL (``ssljax.data.randaugment._affine``):
+TPUs have no float64 and JAX runs float32 unless x64 is switched on globally. And each image
+draws 2 of 15 ops: vmapped, a per-example switch evaluates all 15 for every image (the
+tf.data version partitions the batch by op instead), ~7x the work.
 
 This module imports no TensorFlow.
 """
