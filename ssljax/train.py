@@ -327,7 +327,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # ---- Sharded init and restore --------------------------------------------------------
     first = make_dataset(0)
-    first = first.as_numpy_iterator() if hasattr(first, "as_numpy_iterator") else first
+    first = first.take(1).as_numpy_iterator() if hasattr(first, "take") else first
     example = data.to_global(next(iter(first)), batch_sharding)
     abstract_state, state_sharding = steps.abstract_state(example)
     logger.info("Data and model ready in %.0fs.", time.time() - setup_start)

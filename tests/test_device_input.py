@@ -92,6 +92,8 @@ def test_masks_count_views_and_devices(kind):
     assert not masks[:, 0].any()
     assert (masks[:, 1].sum(axis=(1, 2)) == 16).all()  # round(0.25 * 64) per view
     assert not np.array_equal(masks, np.asarray(fn(jnp.int32(4))))
+    if kind == "block":
+        return  # the draws below are the same code for both kinds
     # The same masks (and views) whatever the number of devices holding the batch, made as
     # the trainer makes them: inside the jitted step, from the sharded global batch.
     prepare = DI.make_prepare(configs=[AugmentConfig()] * 2, seed=0, image_size=32,
