@@ -91,6 +91,7 @@ def test_masks_count_views_and_devices(kind):
     assert masks.shape == (16, 2, 8, 8)
     assert not masks[:, 0].any()
     assert (masks[:, 1].sum(axis=(1, 2)) == 16).all()  # round(0.25 * 64) per view
+    assert len({m.tobytes() for m in masks[:, 1]}) == 16  # each example its own draw
     assert not np.array_equal(masks, np.asarray(fn(jnp.int32(4))))
     if kind == "block":
         return  # the draws below are the same code for both kinds
