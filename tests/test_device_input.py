@@ -147,7 +147,8 @@ def test_infomin_on_the_device_stops_at_start_up_with_one_sentence():
     with pytest.raises(ConfigError) as e:
         validate(c)
     text = str(e.value)
-    assert text.count(". ") == 0 and text.endswith(").") or text.endswith("host.")
+    assert text.count(". ") == 0 and text.endswith(".")  # one sentence
+    assert text.startswith("RandAugment (data.augment.randaugment_n=2)")
     assert "has no device implementation" in text and "augment_on=host" in text
     c.data.augment_on = "host"
     validate(c)
