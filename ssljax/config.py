@@ -28,6 +28,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.image_size = 28
     c.data.num_views = 2
     c.data.tf_threads = 1  # tf.data shares the CPU with the train step: keep it lean
+    # Where the views are augmented: 'host' (tf.data), 'device' (JAX, inside the jitted step;
+    # the host only reads, decodes and resizes) or 'auto' (device on GPU/TPU, host on the CPU;
+    # see ssljax.data.device_input.resolve).
+    c.data.augment_on = "auto"
     # SimCLR augmentation (ssljax.data.augment.AugmentConfig fields); ``augment2`` overrides
     # fields for the second view (asymmetric recipes such as BYOL, VICReg, CorInfoMax).
     c.data.augment = ml_collections.ConfigDict(dict(
@@ -197,6 +201,7 @@ _CHOICES = {
     "model.pool": ("cls", "mean"), "eval.linear_optimizer": ("adamw", "sgd"),
     "eval.linear_schedule": ("cosine", "piecewise"),
     "eval.paper_protocol": ("", "selfcon", "corinfomax", "metamask"),
+    "data.augment_on": ("auto", "host", "device"),
 }
 _CHECKS = {
     _POSITIVE: lambda v: v > 0, _NON_NEGATIVE: lambda v: v >= 0,
@@ -307,7 +312,12 @@ def _validate_combinations(config: ml_collections.ConfigDict) -> None:
                 raise ValueError(f"data.mask.views={mask.views} names view(s) {bad} of "
                                  f"{config.data.num_views}; set --config.data.mask.views to "
                                  "indices below data.num_views.")
-        methods.get_method(config.method)(config, num_classes=info.num_classes)
+        method = methods.get_method(config.method)(config, num_classes=info.num_classes)
+        if config.data.get("augment_on", "host") == "device":  # an op the device path lacks
+            reason = data.device_input.unsupported_reason(
+                data.augment_configs(config.data), **data.batch_extras(method.input_spec))
+            if reason:
+                raise ConfigError(reason)
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         if isinstance(e, ConfigError):
             raise

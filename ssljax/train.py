@@ -146,7 +146,10 @@ class CompiledStep:
         self.method, self.tx, self.probe_tx, self.schedule = method, tx, probe_tx, schedule
         self.mesh = mesh
         self.fsdp_min_size = fsdp_min_size
-        self._init = lambda rng, batch: method.init(rng, batch, tx, probe_tx)
+        # ``prepare(batch, step) -> batch`` runs first in the jitted step: the device
+        # augmentation (ssljax.data.device_input.make_prepare); None when the host made the views.
+        self.prepare = None
+        self._init = lambda rng, batch: method.init(rng, self._prepared(batch, 0), tx, probe_tx)
         self._state_sharding = None
 
     def abstract_state(self, example: dict) -> tuple[Any, Any]:
@@ -155,6 +158,9 @@ class CompiledStep:
         self._state_sharding = sharding.state_sharding(self.mesh, abstract,
                                                        fsdp_min_size=self.fsdp_min_size)
         return abstract, self._state_sharding
+
+    def _prepared(self, batch, step):
+        return batch if self.prepare is None else self.prepare(batch, step)
 
     def init(self, rng: jax.Array, example: dict):
         if self._state_sharding is None:
@@ -176,6 +182,7 @@ class CompiledStep:
                 # 26 GiB per device per step for a ResNet-50 on 8 x 8 devices. The updated
                 # parameters and the optimizer state stay split (the out_shardings).
                 ts = ts.replace(params=jax.lax.with_sharding_constraint(ts.params, repl))
+            batch = self._prepared(batch, ts.step)  # keyed by the step: resumes exactly
             return self.method.train_step(ts, batch, rng, self.tx, self.probe_tx, self.schedule)
 
         return jax.jit(
@@ -245,7 +252,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         watcher: preemption.PreemptionWatcher) -> dict[str, Any]:
     setup_start = time.time()
     is_main = jax.process_index() == 0
-    data.configure_tf(config.data.tf_threads)
+    augment_on = config.data.get("augment_on", "host")
+    if augment_on == "host" or (augment_on == "auto" and jax.default_backend() == "cpu"):
+        data.configure_tf(config.data.tf_threads)  # before a TFDS read starts TensorFlow
 
     # ---- Devices -------------------------------------------------------------------------
     mesh = mesh or sharding.make_mesh(fsdp=config.get("sharding", {}).get("fsdp", 1))
@@ -278,8 +287,28 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     steps = build_step(config, method, mesh, total_steps=total_steps,
                        steps_per_epoch=steps_per_epoch)
     spec = method.input_spec  # what the method's batches must carry besides views and labels
+    on_device, why = data.device_input.resolve(
+        augment_on, jax.default_backend(), data.augment_configs(config.data),
+        **data.batch_extras(spec))
+    logger.info("Views made on the %s (%s).", "device" if on_device else "host", why)
+    if on_device:
+        steps.prepare = data.device_input.make_prepare(
+            configs=data.augment_configs(config.data), seed=config.seed,
+            image_size=config.data.image_size, mean=info.mean, std=info.std,
+            **data.batch_extras(spec))
+    if not (on_device and info.in_memory):  # the plain host loop needs no TensorFlow
+        data.configure_tf(config.data.tf_threads)  # (again: harmless)
 
     def make_dataset(start_step: int):
+        if on_device:
+            where = dict(global_batch_size=config.batch_size, seed=config.seed,
+                         start_step=start_step, process_index=jax.process_index(),
+                         process_count=jax.process_count())
+            if info.in_memory:
+                return data.device_input.host_batches(pretrain_images, pretrain_labels, **where)
+            return data.make_tfds_image_stream(
+                config.data.name, pretrain_split, data_dir=config.data.data_dir,
+                image_size=data.device_input.source_size(config.data.image_size), **where)
         common = dict(global_batch_size=config.batch_size, num_views=config.data.num_views,
                       augment=data.augment_configs(config.data), seed=config.seed,
                       image_size=config.data.image_size, mean=info.mean, std=info.std,
@@ -291,8 +320,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                      data_dir=config.data.data_dir, **common)
 
     # ---- Sharded init and restore --------------------------------------------------------
-    example = data.to_global(next(iter(make_dataset(0).take(1).as_numpy_iterator())),
-                             batch_sharding)
+    first = make_dataset(0)
+    first = first.take(1).as_numpy_iterator() if hasattr(first, "take") else first
+    example = data.to_global(next(iter(first)), batch_sharding)
     abstract_state, state_sharding = steps.abstract_state(example)
     logger.info("Data and model ready in %.0fs.", time.time() - setup_start)
 

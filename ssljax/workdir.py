@@ -196,9 +196,23 @@ def is_free(key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, p) for p in FREE_KEYS)
 
 
+#: Identity keys added after runs were recorded: the value that does what those runs did.
+LEGACY_VALUES = {"data.augment_on": "host"}
+
+
+def _as_run_here(flat: dict[str, Any]) -> dict[str, Any]:
+    """A record's keys as this machine would run them: legacy values for keys it lacks, and
+    ``data.augment_on='auto'`` as the path it picks on this backend (CPU: host), so a record
+    from before the key existed resumes under the new default where nothing changes."""
+    flat = {**LEGACY_VALUES, **flat}
+    if flat.get("data.augment_on") == "auto":
+        flat["data.augment_on"] = "host" if jax.default_backend() == "cpu" else "device"
+    return flat
+
+
 def differences(first: dict, now: dict) -> dict[str, tuple[Any, Any]]:
     """``{key: (first value, value now)}`` for every leaf that differs (absent: ``None``)."""
-    a, b = _flatten(first), _flatten(now)
+    a, b = _as_run_here(_flatten(first)), _as_run_here(_flatten(now))
     return {k: (a.get(k), b.get(k)) for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
 
 

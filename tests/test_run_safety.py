@@ -383,3 +383,17 @@ def test_every_failure_class_has_its_status():
     assert main.exit_status(DatasetNotFoundError("x"))[0] == 2
     assert main.exit_status(OSError(errno.ENOSPC, "No space left on device"))[0] == 2
     assert main.exit_status(RuntimeError("a bug")) is None  # bugs keep their traceback
+
+
+def test_a_record_from_before_augment_on_resumes_where_the_path_is_unchanged(tmp_path):
+    """Runs recorded before data.augment_on existed augmented on the host: 'auto' resumes them
+    on the CPU (where it means host); 'device' would mix two input streams and is refused."""
+    wd = str(tmp_path)
+    first = tiny_config("simclr")
+    del first.data["augment_on"]
+    workdir.check_identity(first, wd)
+    assert "augment_on" not in json.loads((tmp_path / "run.json").read_text())["config"]["data"]
+    workdir.check_identity(tiny_config("simclr", **{"data.augment_on": "auto"}), wd)
+    workdir.check_identity(tiny_config("simclr", **{"data.augment_on": "host"}), wd)
+    with pytest.raises(workdir.WorkdirError, match="data.augment_on"):
+        workdir.check_identity(tiny_config("simclr", **{"data.augment_on": "device"}), wd)

@@ -11,6 +11,10 @@ Layers, each importing only those above it:
   ``ops`` only (``augment`` also runs ``randaugment``); ``infomin_aug`` re-exports the
   last two under their old path.
 * ``pipeline``: the tf.data pipelines of pre-training and evaluation.
+* ``device_augment`` and ``device_input`` (JAX, no TensorFlow): ``data.augment_on='device'``,
+  the views made inside the jitted step, fed by a NumPy host loop (in-memory data) or by
+  ``pipeline.make_tfds_image_stream`` (decode and resize only); ``eval_batches``: the
+  in-memory evaluation batches (TensorFlow only to resize).
 
 Importing this package imports no TensorFlow: the names below that need it (the
 augmentation and the pipelines) load their module on first use, so methods, models and
@@ -39,16 +43,18 @@ from ssljax.data.specs import (
     mask_config_from,
     num_masked,
 )
+from ssljax.data.eval_batches import make_eval_batches
 from ssljax.data.transfer import global_iterator, to_global
+from ssljax.data import device_input  # noqa: E402  (JAX, no TensorFlow: augment_on='device')
 
 # Names whose module imports TensorFlow: loaded on first access (PEP 562).
 _LAZY = {
     "augment_batch": "ssljax.data.augment",
     "configure_tf": "ssljax.data.pipeline",
-    "make_eval_batches": "ssljax.data.pipeline",
     "make_tfds_eval_stream": "ssljax.data.pipeline",
     "make_pretrain_dataset": "ssljax.data.pipeline",
     "make_tfds_stream": "ssljax.data.pipeline",
+    "make_tfds_image_stream": "ssljax.data.pipeline",
 }
 
 
@@ -79,6 +85,8 @@ __all__ = [
     "make_tfds_eval_stream",
     "make_pretrain_dataset",
     "make_tfds_stream",
+    "make_tfds_image_stream",
+    "device_input",
     "mask_config_from",
     "num_masked",
     "to_global",

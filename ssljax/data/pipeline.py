@@ -18,12 +18,14 @@ from ssljax.data import augment as aug
 from ssljax.data import jigsaw as jig
 from ssljax.data import masking
 from ssljax.data._tf import tf
+from ssljax.data.eval_batches import _local_batch, make_eval_batches  # noqa: F401  (old home)
 from ssljax.data.transfer import global_iterator, to_global  # noqa: F401  (their old home)
 
 __all__ = [
     "configure_tf",
     "make_pretrain_dataset",
     "make_tfds_stream",
+    "make_tfds_image_stream",
     "make_eval_batches",
     "make_tfds_eval_stream",
     "to_global",
@@ -82,14 +84,6 @@ def _view_configs(augment, num_views: int) -> list[aug.AugmentConfig]:
             f"Got {len(configs)} augmentation configs for num_views={num_views}; "
             "pass one config, or one per view.")
     return configs
-
-
-def _local_batch(global_batch_size: int, process_count: int) -> int:
-    if global_batch_size % process_count:
-        raise ValueError(
-            f"global_batch_size={global_batch_size} must be divisible by the number of "
-            f"processes ({process_count}).")
-    return global_batch_size // process_count
 
 
 def _normalize(x, mean, std):
@@ -270,35 +264,14 @@ def make_tfds_stream(
       A ``tf.data.Dataset`` of ``{'views': float32 [b, V, S, S, 3], 'label': int32 [b]}``
       (plus ``'masks'`` with ``mask``).
     """
-    from ssljax import _extras
-    from ssljax.data.sources import DatasetNotFoundError
-    tfds = _extras.require("tensorflow_datasets", part=f"Streaming {name!r} through TFDS")
-
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     local = _local_batch(global_batch_size, process_count)
     configs = _view_configs(augment, num_views)
     base = aug.fold_seed(tf.constant([seed, 0], tf.int64), process_index, start_step)
-
-    process_split = tfds.split_for_jax_process(
-        split, process_index=process_index, process_count=process_count)
-    read_config = tfds.ReadConfig(shuffle_seed=int(seed) + 1000003 * process_index + start_step)
-    try:
-        ds = tfds.builder(name, data_dir=data_dir).as_dataset(
-            split=process_split, shuffle_files=True, read_config=read_config,
-            decoders={"image": tfds.decode.SkipDecoding()})
-    except (tfds.core.DatasetNotFoundError, AssertionError, FileNotFoundError) as e:
-        where = data_dir or "~/tensorflow_datasets"
-        manual = (f" (after putting the ILSVRC2012 tar files in {where}/downloads/manual)"
-                  if name.startswith("imagenet") else "")
-        raise DatasetNotFoundError(
-            f"TFDS dataset {name!r} is not prepared in {where}; run "
-            f"`tfds build {name} --data_dir={where}`{manual} first.") from e
-    # Shuffled within each pass, then repeated: every epoch reads each example of this
-    # process's slice exactly once, in a new (seeded) order.
-    ds = ds.shuffle(shuffle_buffer, seed=int(seed) + process_index + 7919 * start_step,
-                    reshuffle_each_iteration=True).repeat()
-    ds = ds.enumerate()
+    ds = _open_tfds_train(name, split, data_dir=data_dir, seed=seed, start_step=start_step,
+                          process_index=process_index, process_count=process_count,
+                          shuffle_buffer=shuffle_buffer)
 
     crop_seed = aug.fold_seed(base, _CROP_TAG)
     aug_seed = aug.fold_seed(base, _AUG_TAG)
@@ -342,70 +315,81 @@ def make_tfds_stream(
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
 
-def _resize_center_crop(x: np.ndarray, size: int) -> np.ndarray:
-    """Resizes the shorter side to ``size`` (bilinear, antialiased) and centre-crops."""
-    height, width = x.shape[1:3]
-    if (height, width) == (size, size):
-        return x
-    scale = size / min(height, width)
-    new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
-    x = tf.image.resize(x, [new_h, new_w], method="bilinear", antialias=True).numpy()
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    return x[:, top:top + size, left:left + size]
+def _open_tfds_train(name, split, *, data_dir, seed, start_step, process_index, process_count,
+                     shuffle_buffer):
+    """This process's slice of a TFDS split for pre-training: undecoded, file- and
+    buffer-shuffled, repeated and enumerated."""
+    from ssljax import _extras
+    tfds = _extras.require("tensorflow_datasets", part=f"Streaming {name!r} through TFDS")
+
+    from ssljax.data.sources import DatasetNotFoundError
+
+    process_split = tfds.split_for_jax_process(
+        split, process_index=process_index, process_count=process_count)
+    read_config = tfds.ReadConfig(shuffle_seed=int(seed) + 1000003 * process_index + start_step)
+    try:
+        ds = tfds.builder(name, data_dir=data_dir).as_dataset(
+            split=process_split, shuffle_files=True, read_config=read_config,
+            decoders={"image": tfds.decode.SkipDecoding()})
+    except (tfds.core.DatasetNotFoundError, AssertionError, FileNotFoundError) as e:
+        where = data_dir or "~/tensorflow_datasets"
+        manual = (f" (after putting the ILSVRC2012 tar files in {where}/downloads/manual)"
+                  if name.startswith("imagenet") else "")
+        raise DatasetNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in {where}; run "
+            f"`tfds build {name} --data_dir={where}`{manual} first.") from e
+    # Shuffled within each pass, then repeated: every epoch reads each example of this
+    # process's slice exactly once, in a new (seeded) order.
+    ds = ds.shuffle(shuffle_buffer, seed=int(seed) + process_index + 7919 * start_step,
+                    reshuffle_each_iteration=True).repeat()
+    return ds.enumerate()
 
 
-def make_eval_batches(
-    images: np.ndarray,
-    labels: np.ndarray,
+def make_tfds_image_stream(
+    name: str,
+    split: str,
     *,
-    batch_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
-    image_size: int | None = None,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> Iterator[dict[str, np.ndarray]]:
-    """Yields every example once, in order, without augmentation.
+    global_batch_size: int,
+    seed: int,
+    image_size: int,
+    data_dir: str | None = None,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    shuffle_buffer: int = 10_000,
+) -> tf.data.Dataset:
+    """The host half of ``data.augment_on='device'`` for a streamed dataset (ImageNet).
 
-    ``batch_size`` is global: each process yields its contiguous share of each
-    global batch, and all processes yield the same number of batches. The last
-    global batch is padded to full size; ``mask`` marks the real examples.
+    Reads and shuffles like :func:`make_tfds_stream`, decodes each image and resizes it
+    (bilinear, aspect not kept) to ``image_size x image_size`` uint8; no augmentation. The
+    device draws each crop on the decoded size, carried as ``'source_shape'``, and maps it to
+    the resized image (``ssljax.data.device_augment.augment_views``).
 
-    Args:
-      images: uint8 ``[N, H, W, C]``.
-      labels: int ``[N]``.
-      batch_size: global batch size (divisible by ``process_count``).
-      mean, std: per-channel normalisation in [0, 1] units.
-      image_size: if given and different from the images, resize the shorter side
-        to it and centre-crop.
-      process_index, process_count: this process and how many read.
-
-    Yields:
-      ``{'image': float32 [b, S, S, C], 'label': int32 [b], 'mask': float32 [b]}``;
-      padded rows have label 0 and mask 0.
-
-    >>> x = np.zeros([5, 2, 2, 1], np.uint8)
-    >>> [b["mask"].tolist() for b in make_eval_batches(x, np.arange(5), batch_size=4,
-    ...                                                 mean=[0.], std=[1.])]
-    [[1.0, 1.0, 1.0, 1.0], [1.0, 0.0, 0.0, 0.0]]
+    Returns:
+      A ``tf.data.Dataset`` of ``{'image': uint8 [b, S, S, 3], 'source_shape': int32 [b, 2],
+      'label': int32 [b]}``.
     """
-    local = _local_batch(batch_size, process_count)
-    num_examples = len(images)
-    labels = np.asarray(labels, np.int32)
-    mean = np.asarray(mean, np.float32)
-    std = np.asarray(std, np.float32)
-    for first in range(0, num_examples, batch_size):
-        index = first + process_index * local + np.arange(local)
-        mask = index < num_examples
-        index = np.where(mask, index, 0)
-        x = images[index].astype(np.float32) / 255.0
-        if image_size is not None:
-            x = _resize_center_crop(x, image_size)
-        yield {
-            "image": (x - mean) / std,
-            "label": np.where(mask, labels[index], 0).astype(np.int32),
-            "mask": mask.astype(np.float32),
-        }
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+    local = _local_batch(global_batch_size, process_count)
+    ds = _open_tfds_train(name, split, data_dir=data_dir, seed=seed, start_step=start_step,
+                          process_index=process_index, process_count=process_count,
+                          shuffle_buffer=shuffle_buffer)
+    ds = ds.map(lambda i, example: decode_and_resize(example, image_size),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local, drop_remainder=True)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+@tf.autograph.experimental.do_not_convert
+def decode_and_resize(example, image_size: int):
+    """One TFDS example to ``{'image': uint8 [S, S, 3], 'source_shape', 'label'}``."""
+    image = tf.io.decode_image(example["image"], channels=3, expand_animations=False)
+    shape = tf.shape(image)[:2]
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear")
+    return {"image": tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8),
+            "source_shape": tf.cast(shape, tf.int32),
+            "label": tf.cast(example["label"], tf.int32)}
 
 
 def _split_size(builder, split: str, read) -> int:
