@@ -49,14 +49,21 @@ from ml_collections import config_flags  # noqa: E402
 from ssljax import data, methods, sharding, train  # noqa: E402
 from ssljax.config import validate_or_exit  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<variant>")
-_BATCH = flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's).")
-_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
-_STEPS = flags.DEFINE_integer("steps", 10, "Steps per timed repeat.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (the median is reported).")
-_PEAK = flags.DEFINE_float("peak_tflops", 0.0, "Peak dense bf16 TFLOP/s (0: by device kind).")
-_LABEL = flags.DEFINE_string("label", "", "A name for this case in the JSON line.")
-_OUT = flags.DEFINE_string("out", "", "Also append the JSON line to this file.")
+
+def _define_flags() -> dict:
+    """The command line (defined on use, so that tests can import this module beside
+    ``ssljax.main``, which owns ``--config`` in their process)."""
+    return dict(
+        config=config_flags.DEFINE_config_file("config", None, "configs/<method>.py:<variant>"),
+        batch=flags.DEFINE_integer("batch", 0, "Global batch size (0: the config's)."),
+        warmup=flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation."),
+        steps=flags.DEFINE_integer("steps", 10, "Steps per timed repeat."),
+        repeats=flags.DEFINE_integer("repeats", 3, "Timed repeats (the median is reported)."),
+        peak=flags.DEFINE_float("peak_tflops", 0.0,
+                                "Peak dense bf16 TFLOP/s (0: by device kind)."),
+        label=flags.DEFINE_string("label", "", "A name for this case in the JSON line."),
+        out=flags.DEFINE_string("out", "", "Also append the JSON line to this file."))
+
 
 # Dense bf16 peak FLOP/s by device kind (substring of jax's device_kind), without sparsity.
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12,
@@ -187,22 +194,23 @@ def run(config, batch_size: int, *, warmup: int = 3, steps: int = 10, repeats: i
         loss=float(metrics["loss"]))
 
 
-def main(argv):
+def main(argv, f: dict) -> None:
     del argv
-    config = _CONFIG.value
-    if _BATCH.value:
-        config.batch_size = _BATCH.value
+    config = f["config"].value
+    if f["batch"].value:
+        config.batch_size = f["batch"].value
     validate_or_exit(config)
-    result = run(config, config.batch_size, warmup=_WARMUP.value, steps=_STEPS.value,
-                 repeats=_REPEATS.value, peak_tflops=_PEAK.value)
-    result = dict(label=_LABEL.value or None, **result, commit=_commit(),
+    result = run(config, config.batch_size, warmup=f["warmup"].value, steps=f["steps"].value,
+                 repeats=f["repeats"].value, peak_tflops=f["peak"].value)
+    result = dict(label=f["label"].value or None, **result, commit=_commit(),
                   command=" ".join(["python", "experiments/bench_gpu_step.py"] + sys.argv[1:]))
     line = json.dumps(result)
     print(line, flush=True)
-    if _OUT.value:
-        with open(_OUT.value, "a") as f:
-            f.write(line + "\n")
+    if f["out"].value:
+        with open(f["out"].value, "a") as out:
+            out.write(line + "\n")
 
 
 if __name__ == "__main__":
-    sys.exit(app.run(main))
+    _FLAGS = _define_flags()
+    sys.exit(app.run(lambda argv: main(argv, _FLAGS)))
