@@ -9,6 +9,8 @@
 #
 # About 10 minutes on an H200 (each JAX case compiles in under a minute; each torch.compile
 # warms up for 1-2). CASES picks a subset, e.g. CASES="vit vit_ref torch_vit torch_vit_c".
+# COMMON: the shared arguments (a CPU smoke test: COMMON="--batch=2 --config.data.image_size=32
+# --config.model.dtype=bfloat16 --warmup=0 --steps=1 --repeats=1" CASES=mrcl).
 # PEERS: the folder of the PyTorch peers (default: shared/bench/gpu, then ../shared/bench/gpu).
 # Needs jax, flax, optax, orbax, absl and ml_collections (no TensorFlow); if ml_collections
 # is missing and .whl/ holds its wheel, it is installed to /tmp/site first:
@@ -17,7 +19,7 @@ set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT_JSONL:-experiments/bench_gpu_step.jsonl}
 PY=${PYTHON:-python3}
-export SSLJAX_COMMIT=${SSLJAX_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+export SSLJAX_COMMIT=${SSLJAX_COMMIT:-$(git describe --always --dirty 2>/dev/null || echo unknown)}
 export PYTHONUNBUFFERED=1 TF_CPP_MIN_LOG_LEVEL=3
 if ! $PY -c "import ml_collections" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
   $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -29,7 +31,7 @@ PEERS=${PEERS:-shared/bench/gpu}
 CASES=${CASES:-"resnet vit mrcl torch_resnet torch_resnet_c torch_vit torch_vit_c vit_ref vit_remat"}
 LIMIT=${CASE_TIMEOUT:-240}
 
-COMMON="--batch=256 --config.data.image_size=224 --config.model.dtype=bfloat16 --warmup=3 --steps=10 --repeats=3"
+COMMON=${COMMON:-"--batch=256 --config.data.image_size=224 --config.model.dtype=bfloat16 --warmup=3 --steps=10 --repeats=3"}
 VIT="--config.model.name=vit_base --config.model.patch_size=16 --config.optimizer.name=adamw --config.optimizer.weight_decay=0.05"
 
 ssljax() {  # label, then arguments of experiments/bench_gpu_step.py

@@ -24,6 +24,7 @@ memory for large batches, about a third more FLOPs.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -81,8 +82,14 @@ def attention_fn(implementation: str = "auto"):
         impl = implementation
         if impl == "auto":
             impl = _auto_implementation(query.dtype, query.shape[-1])
-        out = jax.nn.dot_product_attention(query, key, value, implementation=impl)
-        return out.astype(dtype or query.dtype)
+        attend = functools.partial(jax.nn.dot_product_attention, implementation=impl)
+        if impl == "xla":
+            # Keep only q, k, v for the backward pass and recompute the [B, N, T, T] scores
+            # there (one more q k^T per block, a few % of a ViT's FLOPs): XLA's path would
+            # otherwise store float32 logits and the probabilities of every block, which
+            # with bfloat16 compute is more than Flax's attention stored.
+            attend = jax.checkpoint(attend)
+        return attend(query, key, value).astype(dtype or query.dtype)
 
     return attend
 
@@ -125,6 +132,13 @@ def keep_indices(mask: jax.Array, num_masked: int) -> jax.Array:
     return order[:, : mask.shape[1] - num_masked]
 
 
+# LayerNorm computes its statistics and the normalisation in float32; as is, the backward
+# pass keeps three float32 copies of its [B, T, D] input (for bfloat16 activations, six times
+# the input's bytes). Recomputing it there from its input (elementwise work, fused on an
+# accelerator) keeps only the input. Same parameters (nn.remat keeps names), same values.
+_LayerNorm = nn.remat(nn.LayerNorm)
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm block: ``x + MHSA(LN(x))``, then ``x + MLP(LN(x))``."""
 
@@ -136,7 +150,7 @@ class TransformerBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        norm = lambda name: nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)  # noqa: E731
+        norm = lambda name: _LayerNorm(epsilon=1e-6, dtype=self.dtype, name=name)  # noqa: E731
         y = norm("norm1")(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=self.heads, dtype=self.dtype, param_dtype=jnp.float32,
@@ -214,7 +228,7 @@ class ViT(nn.Module):
         for i in range(self.depth):
             x = block_cls(self.dim, self.heads, self.mlp_ratio, self.dtype, self.attention,
                           name=f"block{i}")(x)
-        x = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
+        x = _LayerNorm(epsilon=1e-6, dtype=self.dtype, name="norm")(x)
         x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         tokens = x[:, 1:] if self.pool == "cls" else x
         pooled = x[:, 0] if self.pool == "cls" else jnp.mean(x, axis=1)
