@@ -171,3 +171,36 @@ def test_remat_stores_only_the_blocks_inputs():
     """
     plain, remat = _stored_activation_bytes(False), _stored_activation_bytes(True)
     assert remat < 0.1 * plain, (plain, remat)
+
+
+def _residuals(attention: str, dtype=jnp.bfloat16):
+    """(dtype, shape) of what the forward pass of a 2-block ViT keeps for the backward pass,
+    the parameters excluded; and the shapes (B, T, D), (B, N, T, T)."""
+    x = jnp.zeros((4, 16, 16, 3))
+    model = ViT(dim=32, depth=2, heads=4, patch_size=4, dtype=dtype, attention=attention)
+    params = model.init(jax.random.key(0), x[:1], train=False)
+    _, vjp = jax.vjp(lambda p: model.apply(p, x, train=False), params)
+    param_shapes = {leaf.shape for leaf in jax.tree.leaves(params)}
+    kept = [(leaf.dtype, leaf.shape) for leaf in jax.tree.leaves(vjp)
+            if leaf.shape not in param_shapes]
+    return kept, (4, 17, 32), (4, 4, 17, 17)
+
+
+@pytest.mark.parametrize("attention", ["reference", "auto"])
+def test_bfloat16_vit_keeps_no_float32_activations(attention):
+    """The LayerNorms compute in float32 but are recomputed in the backward pass: no float32
+    copy of a [B, T, D] activation is stored (before issue 27: 3 per norm)."""
+    kept, btd, _ = _residuals(attention)
+    big = [(d, s) for d, s in kept if d == jnp.float32 and np.prod(s) >= np.prod(btd)]
+    assert not big, big
+    assert any(d == jnp.bfloat16 and s == btd for d, s in kept)  # the blocks' inputs are
+
+
+def test_xla_attention_stores_no_score_matrix():
+    """The XLA path keeps q, k, v and recomputes the [B, N, T, T] scores in the backward pass;
+    the reference stores them (so the check can fail)."""
+    def scores(attention):
+        kept, _, bntt = _residuals(attention)
+        return [s for _, s in kept if np.prod(s) >= np.prod(bntt) and s[-2:] == bntt[-2:]]
+    assert not scores("auto")
+    assert scores("reference")
