@@ -204,3 +204,23 @@ def test_xla_attention_stores_no_score_matrix():
         return [s for _, s in kept if np.prod(s) >= np.prod(bntt) and s[-2:] == bntt[-2:]]
     assert not scores("auto")
     assert scores("reference")
+
+
+def test_config_checks_the_new_keys():
+    from helpers import load_config
+    from ssljax.config import ConfigError, validate
+    from ssljax.methods import base
+    c = load_config("mrcl", "fashion_mnist,vit")
+    assert (c.model.attention, c.model.remat) == ("auto", False)
+    backbone = base.build_backbone(c.model)
+    assert (backbone.attention, backbone.remat) == ("auto", False)
+    c.model.attention, c.model.remat = "reference", True
+    backbone = base.build_backbone(c.model)
+    assert (backbone.attention, backbone.remat) == ("reference", True)
+    c.model.attention = "flash"
+    with pytest.raises(ConfigError, match="model.attention='flash' is not one of"):
+        validate(c)
+    c = load_config("simclr")
+    c.model.remat = True
+    with pytest.raises(ConfigError, match="model.remat=True applies to ViT backbones only"):
+        validate(c)
