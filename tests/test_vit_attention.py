@@ -224,3 +224,22 @@ def test_config_checks_the_new_keys():
     c.model.remat = True
     with pytest.raises(ConfigError, match="model.remat=True applies to ViT backbones only"):
         validate(c)
+
+
+def test_auto_falls_back_to_xla_when_cudnn_says_no(monkeypatch, caplog):
+    seen = []
+    real = jax.nn.dot_product_attention
+
+    def spy(q, k, v, *, implementation=None):
+        seen.append(implementation)
+        if implementation == "cudnn":
+            raise NotImplementedError("cuDNN 8 is too old")
+        return real(q, k, v, implementation="xla")
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", spy)
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    kq, kk, kv = jax.random.split(jax.random.key(0), 3)
+    q, k, v = (jax.random.normal(key, (2, 5, 3, 8), jnp.bfloat16) for key in (kq, kk, kv))
+    out = attention_fn("auto")(q, k, v)
+    assert seen == ["cudnn", "xla"] and "cuDNN attention is unavailable" in caplog.text
+    assert rel_err(out, numpy_attention(q, k, v)) < BF16_TOL

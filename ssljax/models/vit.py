@@ -25,6 +25,7 @@ memory for large batches, about a third more FLOPs.
 from __future__ import annotations
 
 import functools
+import logging
 from typing import Any
 
 import flax.linen as nn
@@ -82,6 +83,14 @@ def attention_fn(implementation: str = "auto"):
         impl = implementation
         if impl == "auto":
             impl = _auto_implementation(query.dtype, query.shape[-1])
+            if impl == "cudnn":
+                try:  # cuDNN's checks run at trace time: an old cuDNN or GPU says no here
+                    return jax.nn.dot_product_attention(
+                        query, key, value, implementation="cudnn").astype(dtype or query.dtype)
+                except (NotImplementedError, RuntimeError) as e:
+                    logging.getLogger("ssljax").warning(
+                        "cuDNN attention is unavailable (%s); using XLA's.", e)
+                    impl = "xla"
         attend = functools.partial(jax.nn.dot_product_attention, implementation=impl)
         if impl == "xla":
             # Keep only q, k, v for the backward pass and recompute the [B, N, T, T] scores
