@@ -243,3 +243,11 @@ def test_auto_falls_back_to_xla_when_cudnn_says_no(monkeypatch, caplog):
     out = attention_fn("auto")(q, k, v)
     assert seen == ["cudnn", "xla"] and "cuDNN attention is unavailable" in caplog.text
     assert rel_err(out, numpy_attention(q, k, v)) < BF16_TOL
+
+
+def test_the_mlp_keeps_one_hidden_array_per_block():
+    """GELU and the second MLP layer are recomputed in the backward pass: per block, only
+    the first layer's [B, T, 4D] output is kept (before: four such arrays)."""
+    kept, (b, t, d), _ = _residuals("auto")
+    hidden = [s for _, s in kept if s == (b, t, 4 * d)]
+    assert len(hidden) == 2, hidden  # two blocks

@@ -148,6 +148,19 @@ def keep_indices(mask: jax.Array, num_masked: int) -> jax.Array:
 _LayerNorm = nn.remat(nn.LayerNorm)
 
 
+class _GeluDense(nn.Dense):
+    """``Dense(gelu(x))``, the MLP's second layer with its activation. Recomputed in the
+    backward pass (``_GeluFc2``), the block keeps only the first layer's output for it:
+    exact GELU's backward otherwise keeps three more ``[B, T, 4D]`` arrays and the second
+    layer its ``gelu(x)`` input (PyTorch's compiler recomputes pointwise ops the same way)."""
+
+    def __call__(self, inputs):
+        return super().__call__(nn.gelu(inputs, approximate=False))
+
+
+_GeluFc2 = nn.remat(_GeluDense)
+
+
 class TransformerBlock(nn.Module):
     """Pre-norm block: ``x + MHSA(LN(x))``, then ``x + MLP(LN(x))``."""
 
@@ -168,8 +181,7 @@ class TransformerBlock(nn.Module):
         y = norm("norm2")(x)
         y = nn.Dense(int(self.dim * self.mlp_ratio), dtype=self.dtype, kernel_init=_dense_init,
                      name="fc1")(y)
-        y = nn.Dense(self.dim, dtype=self.dtype, kernel_init=_dense_init,
-                     name="fc2")(nn.gelu(y, approximate=False))
+        y = _GeluFc2(self.dim, dtype=self.dtype, kernel_init=_dense_init, name="fc2")(y)
         return x + y
 
 
