@@ -9,6 +9,11 @@
 #
 # About 10 minutes on an H200 (each JAX case compiles in under a minute; each torch.compile
 # warms up for 1-2). CASES picks a subset, e.g. CASES="vit vit_ref torch_vit torch_vit_c".
+# On the device tool (which sends the session's checkout, not ../shared): first, here,
+#   mkdir -p .peers && cp ../shared/bench/gpu/*.py .peers/
+#   pip download --no-deps --only-binary=:all: -d .whl ml_collections==1.1.0
+# then run:  PEERS=.peers SSLJAX_COMMIT=<sha> bash experiments/bench_gpu_step.sh;
+#            cp experiments/bench_gpu_step.jsonl $OUT/
 # COMMON: the shared arguments (a CPU smoke test: COMMON="--batch=2 --config.data.image_size=32
 # --config.model.dtype=bfloat16 --warmup=0 --steps=1 --repeats=1" CASES=mrcl).
 # PEERS: the folder of the PyTorch peers (default: shared/bench/gpu, then ../shared/bench/gpu).
@@ -28,8 +33,12 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-}
 PEERS=${PEERS:-shared/bench/gpu}
 [ -d "$PEERS" ] || PEERS=../shared/bench/gpu
-CASES=${CASES:-"resnet vit mrcl torch_resnet torch_resnet_c torch_vit torch_vit_c vit_ref vit_remat"}
+# In order of importance: a case starts only while BUDGET seconds (default 540, inside the
+# device tool's 10-minute command) minus a minute are left, so the run ends in time.
+CASES=${CASES:-"vit torch_vit_c resnet torch_resnet_c mrcl torch_vit torch_resnet vit_ref vit_remat"}
 LIMIT=${CASE_TIMEOUT:-240}
+BUDGET=${BUDGET:-540}
+START=$(date +%s)
 
 COMMON=${COMMON:-"--batch=256 --config.data.image_size=224 --config.model.dtype=bfloat16 --warmup=3 --steps=10 --repeats=3"}
 VIT="--config.model.name=vit_base --config.model.patch_size=16 --config.optimizer.name=adamw --config.optimizer.weight_decay=0.05"
@@ -56,6 +65,9 @@ EOF
 }
 
 for c in $CASES; do
+  if [ $(( $(date +%s) - START )) -gt $(( BUDGET - 60 )) ]; then
+    echo "skipped $c: the time budget ($BUDGET s) is spent" >&2; continue
+  fi
   case $c in
     resnet) ssljax resnet50_simclr --config=configs/simclr.py:imagenet $COMMON \
               --config.optimizer.name=sgd ;;
