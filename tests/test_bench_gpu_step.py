@@ -108,3 +108,17 @@ def test_synthetic_batch_masks_exactly_the_ratio_on_the_masked_views():
     assert (masks[:, 0].sum((1, 2)) == 0).all()
     assert (masks[:, 1].sum((1, 2)) == round(0.5 * 49)).all()
     assert len({m.tobytes() for m in masks[:, 1]}) == 6  # drawn per image
+
+
+def test_the_table_from_json_lines():
+    import bench_gpu_step_table
+    rows = [dict(label="vitb16_simclr", impl="ssljax", ex_per_s=2000.0, mfu=0.45, temp_gib=30.2,
+                 device="NVIDIA H200", commit="abc"),
+            dict(label="torch_vitb16_compile", ex_per_s=1600.0, mfu_analytic=0.35, mem_gib=34.0),
+            dict(label="torch_vitb16_compile", ex_per_s=1653.0, mfu_analytic=0.35, mem_gib=34.0),
+            dict(label="torch_resnet50_eager", img_per_s=2386.0, ex_per_s=2386.0, mem_gib=20.0)]
+    text = bench_gpu_step_table.table(rows)
+    assert ("| ViT-B/16 | 2,000, 45% MFU, 30 GiB | - | 1,653, 35% MFU, 34 GiB | 1.21x |"
+            in text)  # the last row of a label counts
+    assert "| ResNet-50 | - | 2,386, 20 GiB | - | - |" in text
+    assert "NVIDIA H200, commit abc" in text
