@@ -3,7 +3,8 @@
 'reference' is the attention the ViT had before issue 27 (Flax's ``dot_product_attention``);
 'xla' / 'auto' (``jax.nn.dot_product_attention``) must give the same outputs and gradients:
 float32 to 1e-5 of the largest entry, bfloat16 to 4e-2 (bf16 keeps 8 significant bits; the
-new path's logits and softmax are float32, the reference's bfloat16, so they round apart).
+new path's logits and softmax are float32, the reference's bfloat16, so they round apart). Measured on the cases
+below: float32 at most 6e-7, bfloat16 at most 1.8e-2 (gradients, with dropped tokens).
 """
 
 import jax
