@@ -52,6 +52,10 @@ def base_config() -> ml_collections.ConfigDict:
     # ViT backbones (model.name 'vit_tiny' | 'vit_small' | 'vit_base'): patch side, pooling.
     c.model.patch_size = 4
     c.model.pool = "cls"  # or 'mean'
+    # ViT softmax attention: 'auto' (cuDNN's fused kernel on a GPU in bfloat16, else XLA's),
+    # 'xla', 'cudnn', or 'reference' (Flax's: scores and softmax in the compute dtype).
+    c.model.attention = "auto"
+    c.model.remat = False  # ViT: recompute each block in the backward pass (less memory)
 
     c.batch_size = 256  # global, over all devices and hosts
 
@@ -198,7 +202,8 @@ _CHOICES = {
     "optimizer.name": ("sgd", "lars", "adamw", "adam"),
     "optimizer.lr_scaling": ("linear", "sqrt", "none"),
     "model.stem": ("cifar", "imagenet"), "model.dtype": ("float32", "bfloat16", "float64"),
-    "model.pool": ("cls", "mean"), "eval.linear_optimizer": ("adamw", "sgd"),
+    "model.pool": ("cls", "mean"), "model.attention": ("auto", "xla", "cudnn", "reference"),
+    "model.remat": (False, True), "eval.linear_optimizer": ("adamw", "sgd"),
     "eval.linear_schedule": ("cosine", "piecewise"),
     "eval.paper_protocol": ("", "selfcon", "corinfomax", "metamask"),
     "data.augment_on": ("auto", "host", "device"),

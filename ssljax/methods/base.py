@@ -142,7 +142,11 @@ def build_backbone(cfg: ml_collections.ConfigDict) -> nn.Module:
     """The ResNet or ViT named by ``config.model`` (``name``: ``resnet*`` or ``vit_*``)."""
     if cfg.name.startswith("vit"):
         return models.vit(cfg.name, patch_size=cfg.get("patch_size", 16),
-                          pool=cfg.get("pool", "cls"), dtype=compute_dtype(cfg.dtype))
+                          pool=cfg.get("pool", "cls"), dtype=compute_dtype(cfg.dtype),
+                          attention=cfg.get("attention", "auto"), remat=cfg.get("remat", False))
+    if cfg.get("remat", False):
+        raise ValueError(f"model.remat=True applies to ViT backbones only, not {cfg.name}; set "
+                         "--config.model.remat=False.")
     return models.resnet(cfg.name, width=cfg.width, stage_widths=tuple(cfg.get("stage_widths", ())),
                          stem=cfg.stem, stem_stride=cfg.stem_stride,
                          stem_relu=cfg.get("stem_relu", True),
