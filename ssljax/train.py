@@ -24,8 +24,10 @@ from etils import epath
 
 from ssljax import _extras
 
-# The trainer reads its data through tf.data and saves with orbax: ``ssljax[train]``.
-_extras.check("tensorflow", "orbax.checkpoint", part="ssljax.train")
+# The trainer saves with orbax (``ssljax[train]``). TensorFlow is asked for only where a
+# run reads through tf.data (ssljax.data's pipeline); device views of an in-memory dataset
+# (data.augment_on=device) and experiments/bench_gpu_step.py run without it.
+_extras.check("orbax.checkpoint", part="ssljax.train")
 
 from ssljax import (checkpoint, data, distributed, evaluate, methods, optim,  # noqa: E402
                     preemption, sharding)
