@@ -51,6 +51,7 @@ def _check_row(row, batch):
     assert row["command"].startswith("python experiments/bench_gpu_step.py --config=")
 
 
+@pytest.mark.slow  # 13-26 s: the default tier stays under 15 min
 def test_resnet_step_on_cpu_without_tensorflow(tmp_path):
     row = _bench(["--config=configs/simclr.py:fashion_mnist", "--batch=8",
                   "--config.model.width=4", "--config.data.image_size=16",

@@ -59,6 +59,7 @@ def test_host_batches_split_over_processes_give_the_global_batch():
             np.concatenate([parts[p][s]["label"] for p in range(3)]), whole[s]["label"])
 
 
+@pytest.mark.slow  # builds a TFDS dataset; the default tier stays under 15 min
 def test_tfds_image_stream_decodes_and_resizes_only():
     import tensorflow_datasets as tfds
 

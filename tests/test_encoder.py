@@ -198,7 +198,7 @@ _OTHERS = ("barlow_twins", "ce", "corinfomax", "infomin", "moco", "mrcl", "simcl
 @pytest.mark.parametrize("method_name, kept", [
     ("metamask", {"params": ["backbone"], "state": ["batch_stats", "mask"]}),
     ("selfcon", None),
-    ("byol", _BACKBONE_ONLY),
+    pytest.param("byol", _BACKBONE_ONLY, marks=pytest.mark.slow),
 ] + [pytest.param(m, None, marks=pytest.mark.slow) for m in _OTHERS])
 def test_other_methods_load_what_their_evaluation_uses(method_name, kept, tmp_path):
     """MetaMask scores masked features (the mask is state), SelfCon a backbone and a

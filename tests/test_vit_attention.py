@@ -187,7 +187,7 @@ def _residuals(attention: str, dtype=jnp.bfloat16):
     return kept, (4, 17, 32), (4, 4, 17, 17)
 
 
-@pytest.mark.parametrize("attention", ["reference", "auto"])
+@pytest.mark.parametrize("attention", [pytest.param("reference", marks=pytest.mark.slow), "auto"])
 def test_bfloat16_vit_keeps_no_float32_activations(attention):
     """The LayerNorms compute in float32 but are recomputed in the backward pass: no float32
     copy of a [B, T, D] activation is stored (before issue 27: 3 per norm)."""
