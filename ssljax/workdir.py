@@ -13,8 +13,8 @@ the config of its first start.
 
 Identity is everything except :data:`FREE_KEYS`, so a key added later is part of a run's
 identity until someone decides otherwise. Free: the run's length and logging, checkpoint
-cadence, evaluation, sharding, where the data lives, and the optimizer's schedule
-hyper-parameters. The schedule changes the state's trajectory, but the message for a
+cadence, evaluation, sharding, where the data lives, how the model's function is computed
+(``model.attention``, ``model.remat``), and the optimizer's schedule hyper-parameters. The schedule changes the state's trajectory, but the message for a
 non-finite loss tells the user to lower ``optimizer.lr`` (or lengthen the warm-up) and
 run the same command again, so those must stay allowed. ``optimizer.name`` and
 ``optimizer.exclude_bias_and_norm`` change the optimizer state's structure: identity.
@@ -52,6 +52,9 @@ FREE_KEYS = (
     "optimizer.warmup_init", "optimizer.final_lr_ratio", "optimizer.weight_decay",
     "optimizer.momentum", "optimizer.nesterov", "optimizer.b1", "optimizer.b2",
     "optimizer.trust_coefficient", "optimizer.step_per_epoch",
+    # How the same function is computed (attention kernel, recomputation in the backward
+    # pass): no parameter or state changes, so a run may resume under another choice.
+    "model.attention", "model.remat",
 )
 
 

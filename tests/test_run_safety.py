@@ -399,3 +399,17 @@ def test_a_record_from_before_augment_on_resumes_where_the_path_is_unchanged(tmp
     workdir.check_identity(tiny_config("simclr", **{"data.augment_on": "host"}), wd)
     with pytest.raises(workdir.WorkdirError, match="data.augment_on"):
         workdir.check_identity(tiny_config("simclr", **{"data.augment_on": "device"}), wd)
+
+
+def test_a_record_from_before_attention_and_remat_resumes(tmp_path):
+    """model.attention and model.remat compute the same function another way (issue 27):
+    free keys, so runs recorded before they existed, or under another choice, resume."""
+    wd = str(tmp_path)
+    first = tiny_config("simclr")
+    del first.model["attention"], first.model["remat"]
+    workdir.check_identity(first, wd)
+    workdir.check_identity(tiny_config("simclr"), wd)
+    workdir.check_identity(tiny_config("simclr", **{"model.attention": "reference",
+                                                    "model.remat": True}), wd)
+    with pytest.raises(workdir.WorkdirError, match="model.width"):  # still an identity key
+        workdir.check_identity(tiny_config("simclr", **{"model.width": 8}), wd)
