@@ -177,6 +177,10 @@ FASHION_MNIST = Suite(
             "infomin", overrides=(("infomin.beta", 0.0),), label="InfoMin, jigsaw weight 0",
             of="infomin", question="With the jigsaw loss off, does InfoMin learn as MoCo v2 + "
                                    "InfoMin Aug does?"),
+        "infomin_t02": Entry(
+            "infomin", overrides=(("moco.temperature", 0.2),), label="InfoMin, T 0.2",
+            of="infomin", question="Is InfoMin's failure to learn its temperature 0.15 (MoCo v2 + "
+                                   "InfoMin Aug learns at T 0.2)?"),
     },
     claims=(
         Claim("SelfCon", "SelfCon-S beats SupCon", "selfcon", ("supcon",)),

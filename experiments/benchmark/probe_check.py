@@ -26,13 +26,13 @@ sys.path.insert(0, REPO)
 from ssljax import benchmark, checkpoint, data, evaluate, methods, sharding, train  # noqa: E402
 
 
-def features(suite, method_name, seed, workroot):
+def restore(suite, method_name, seed, workroot):
+    """``(method, train_state, info, mesh)`` of a finished benchmark run's last checkpoint."""
     config = benchmark.load_config(suite, method_name, seed)
     info = data.dataset_info(config.data.name)
     mesh = sharding.make_mesh(1)
     method = methods.get_method(config.method)(config, num_classes=info.num_classes)
     images, labels = data.load_arrays(config.data.name, info.train_split)
-    test_images, test_labels = data.load_arrays(config.data.name, info.test_split)
     ds = data.make_pretrain_dataset(
         images, labels, global_batch_size=config.batch_size, num_views=config.data.num_views,
         augment=data.augment_configs(config.data), seed=0, image_size=config.data.image_size,
@@ -48,6 +48,13 @@ def features(suite, method_name, seed, workroot):
                                                 f"{method_name}_s{seed}", "checkpoints"))
     ts, _ = ckpt.restore(ckpt.latest_step(), abstract)
     ckpt.close()
+    return method, ts, info, mesh
+
+
+def features(suite, method_name, seed, workroot):
+    method, ts, info, mesh = restore(suite, method_name, seed, workroot)
+    images, labels = data.load_arrays(method.config.data.name, info.train_split)
+    test_images, test_labels = data.load_arrays(method.config.data.name, info.test_split)
     embed = lambda x: method.embed(ts.params, ts.state, x)  # noqa: E731
     kw = dict(mesh=mesh, batch_size=1000, mean=info.mean, std=info.std)
     (tr, ytr) = evaluate.extract_features(embed, images, labels, **kw)
