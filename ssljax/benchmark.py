@@ -181,6 +181,11 @@ FASHION_MNIST = Suite(
             "infomin", overrides=(("moco.temperature", 0.2),), label="InfoMin, T 0.2",
             of="infomin", question="Is InfoMin's failure to learn its temperature 0.15 (MoCo v2 + "
                                    "InfoMin Aug learns at T 0.2)?"),
+        "ce_crop08": Entry(
+            "ce", overrides=(("data.augment.crop_scale", (0.8, 1.0)),),
+            label="Cross-entropy, crop scale 0.8-1", supervised=True, of="ce",
+            question="Is cross-entropy's shortfall from 92% the strong crop (scale 0.2-1) at "
+                     "8 epochs?"),
     },
     claims=(
         Claim("SelfCon", "SelfCon-S beats SupCon", "selfcon", ("supcon",)),
