@@ -107,6 +107,7 @@ def block_outputs(method, params, state, x):
     return out["intermediates"]["backbone"]
 
 
+@pytest.mark.slow  # about 30 s idle: builds a ResNet-50
 def test_each_bottleneck_block_is_the_identity_on_its_shortcut_at_init():
     method, batch, params, state = imagenet_model()
     x = batch["views"][:, 0]

@@ -229,6 +229,7 @@ def _params(x, step):
     return jax.vmap(lambda k, i: D.sample_one(k, CFGS[0], 32, 32, 3))(keys, x)
 
 
+@pytest.mark.slow  # about 25 s idle: compiles the augmentation for one and eight devices
 def test_views_do_not_depend_on_the_number_of_devices():
     """Every random draw is bit for bit the same on 1 and 8 devices; the pixels agree to float
     rounding. (Not bit for bit: XLA's CPU code for a batch of 16 and for 8 shards of 2 may

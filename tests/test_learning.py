@@ -114,6 +114,10 @@ machine while a benchmark kept it busy, load ~6): 199 s with a warm compilation 
 revision of the same runs). That is over the issue's 2 minutes on this busy machine; at the
 ~2x slowdown the load suggests, ~100 s warm and ~170 s cold on an idle one (not measured).
 To cut further: fewer controls, or drop BYOL/MoCo/SupCon, which are checked only for collapse.
+
+Tiers (2026-12-06): the default tier runs SimCLR's run and its mis-paired control; the other
+methods' runs and the other two controls run in the slow tier (``-m slow``, which CI runs
+too), so the default tier stays well under 15 minutes on two cores.
 """
 
 import functools
@@ -334,16 +338,21 @@ def scored(name, control=None):
 # applies, so they run in the slow tier and the default run stays near two minutes.
 COLLAPSE_ONLY = tuple(n for n in METHODS if FLOORS[n]["retrieval"] is None
                       and FLOORS[n]["knn"] is None)
+# The decorrelation methods' runs (75-90 s each on a loaded 2-core machine) also run in the
+# slow tier: SimCLR's run and its controls keep the default tier's check that training learns.
+SLOW = COLLAPSE_ONLY + ("barlow_twins", "vicreg", "corinfomax")
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in COLLAPSE_ONLY
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW
                                   else n for n in METHODS])
 def test_short_run_beats_the_random_encoder(name):
     before, after = scored(name)
     assert not failures(name, before, after), (name, rounded(before), rounded(after))
 
 
-@pytest.mark.parametrize("name,control", CONTROLS)
+@pytest.mark.parametrize("name,control", [
+    pytest.param(n, c, marks=pytest.mark.slow) if n in SLOW or c == "negated_lr" else (n, c)
+    for n, c in CONTROLS])
 def test_control_run_misses_the_floor(name, control):
     before, after = scored(name, control)
     assert failures(name, before, after), (name, control, rounded(before), rounded(after))

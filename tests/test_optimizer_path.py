@@ -222,6 +222,7 @@ def _run_float64(mesh, num_steps=5):
         return jax.device_get(ts.params), jax.device_get(ts.opt_state), steps
 
 
+@pytest.mark.slow  # about 50 s idle: two float64 runs on eight virtual devices
 def test_fsdp_optimizer_state_equals_data_parallel_in_float64():
     dp_params, dp_opt, _ = _run_float64(sharding.make_mesh(8))
     fs_params, fs_opt, fs_steps = _run_float64(sharding.make_mesh(8, fsdp=4))

@@ -4,6 +4,7 @@ its objective against a NumPy reference, and its steps through the trainer."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from helpers import load_config, run_steps, set_fields, synthetic_batch
 from ssljax import losses, methods
@@ -23,6 +24,7 @@ def neg_cos(p, z):
     return -np.mean(np.sum(p * z, -1) / np.linalg.norm(p, axis=-1) / np.linalg.norm(z, axis=-1))
 
 
+@pytest.mark.slow  # about 25 s idle
 def test_loss_is_the_symmetric_negative_cosine_of_its_own_outputs():
     cfg = tiny()
     method = methods.get_method("simsiam")(cfg, num_classes=10)

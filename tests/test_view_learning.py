@@ -53,7 +53,7 @@ def nce_of(method, params, state, b):
     return symmetric_nce(z1, z2, method.config.views.temperature)
 
 
-@pytest.mark.parametrize("weight", [1.0, 0.5])
+@pytest.mark.parametrize("weight", [pytest.param(1.0, marks=pytest.mark.slow), 0.5])
 def test_generator_ascends_and_encoders_descend_the_nce_loss(monkeypatch, weight):
     _, method = make("fashion_mnist", monkeypatch, adversary_weight=weight)
     b = batch()

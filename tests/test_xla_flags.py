@@ -106,6 +106,7 @@ np.save(sys.argv[1], np.stack([flat(g1), flat(g8)]))
 
 @pytest.mark.skipif(not xla_flags._jaxlib_version().startswith(xla_flags._VERIFIED_JAXLIB),
                     reason="the defaults apply to verified jaxlib versions only")
+@pytest.mark.slow  # about 25 s idle: a fresh process compiles for one and eight devices
 def test_with_the_defaults_eight_devices_give_the_one_device_gradient(tmp_path):
     out = tmp_path / "g.npy"
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "", "SSLJAX_XLA_CPU_DEFAULTS": "1"}
