@@ -64,6 +64,9 @@ def get_config(variant: str = "fashion_mnist") -> ml_collections.ConfigDict:
         c.projector.hidden_dims = (512,)
         c.mrcl.temperature = 0.2
         c.data.mask.patch_size = 4  # a 7 x 7 grid
+        # A quarter of the 49 patches: at 28 px half of them hid too much (the benchmark's
+        # mrcl_mask025 diagnostic, 8 epochs: 83.48 linear at 0.25 against 82.00 at 0.5).
+        c.data.mask.ratio = 0.25
         c.decoder.channels = (64, 32)
         c.optimizer.lr = 1.0
         c.optimizer.weight_decay = 1e-5

@@ -66,7 +66,7 @@ def test_moco_checks_the_batch_size_of_the_run():
 def test_input_specs_name_what_the_batches_carry():
     assert build("simclr").input_spec == methods.InputSpec(min_views=2)
     mrcl = build("mrcl").input_spec
-    assert mrcl.masks["ratio"] == 0.5 and mrcl.jigsaw is None
+    assert mrcl.masks["ratio"] == 0.25 and mrcl.jigsaw is None
     assert build("mrcl", **{"data.mask.enabled": False, "mrcl.rec_on": "all"}).input_spec.masks \
         is None
     infomin = build("infomin").input_spec

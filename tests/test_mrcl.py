@@ -318,11 +318,12 @@ def test_configs():
             if mods == ",vit":
                 assert c.model.name.startswith("vit") and c.model.patch_size == mask.patch_size
     fm = load_config("mrcl")
-    assert (fm.data.mask.ratio, fm.mrcl.lambda_rec, fm.eval.segmentation) == (0.5, 1.0, True)
+    assert (fm.data.mask.ratio, fm.mrcl.lambda_rec, fm.eval.segmentation) == (0.25, 1.0, True)
+    assert load_config("mrcl", "cifar10").data.mask.ratio == 0.5
     ablation = {m: load_config("mrcl", "fashion_mnist," + m) for m in
                 ("masking_only", "reconstruction_only", "simclr")}
     assert (ablation["masking_only"].data.mask.ratio, ablation["masking_only"].mrcl.lambda_rec) \
-        == (0.5, 0.0)
+        == (0.25, 0.0)
     assert (ablation["reconstruction_only"].data.mask.ratio,
             ablation["reconstruction_only"].mrcl.rec_on) == (0.0, "all")
     assert (ablation["simclr"].data.mask.ratio, ablation["simclr"].mrcl.lambda_rec) == (0.0, 0.0)
