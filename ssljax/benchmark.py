@@ -620,6 +620,32 @@ def _move_aside(workdir: str) -> None:
         print(f"[benchmark] moved the earlier run to {workdir}.before-{stamp}")
 
 
+# Keys that change how a run is computed or logged, not its result: an unfinished run that
+# differs from the config only in these is the same run.
+_HOW_KEYS = ("log_every", "checkpoint_every", "keep_checkpoints", "data.data_dir",
+             "data.tf_threads", "sharding.*", "model.attention", "model.remat")
+
+
+def _interrupted_run_of(workdir: str, config) -> bool:
+    """Whether ``workdir`` holds an unfinished run of this very config (no ``results.json``;
+    its run record equals ``config`` in every key but :data:`_HOW_KEYS`, learning rates
+    included, which a resume may change but a recipe change must not keep): ``--force``
+    resumes it instead of starting again, so a forced rerun stopped by the end of a session
+    continues."""
+    import fnmatch
+
+    from ssljax import workdir as workdir_lib
+    if os.path.exists(os.path.join(workdir, "results.json")):
+        return False
+    try:
+        with open(os.path.join(workdir, workdir_lib.RUN_RECORD)) as f:
+            first = json.load(f)["config"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    changed = workdir_lib.differences(first, workdir_lib.config_record(config))
+    return all(any(fnmatch.fnmatchcase(k, p) for p in _HOW_KEYS) for k in changed)
+
+
 def _log_progress() -> None:
     """The trainer's progress lines (the baselines run in this process) on stderr."""
     import logging
@@ -647,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="print each row's command (the one that reproduces it), run nothing")
     p.add_argument("--force", action="store_true",
                    help="run even where the ledger has the row (after a recipe change); the "
-                        "new row supersedes the old one, whose workdir is moved aside")
+                        "new row supersedes the old one, whose workdir is moved aside (an "
+                        "unfinished run of the same config is resumed instead)")
     args = p.parse_args(argv)
     suite = SUITES[args.suite]
     results = args.results or os.path.join(RESULTS_DIR, f"{suite.name}.jsonl")
@@ -676,7 +703,12 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[benchmark] {method} seed {seed}: already in {results}, skipped.")
                 continue
             if args.force and method != "baselines":
-                _move_aside(os.path.join(args.workroot, suite.name, f"{method}_s{seed}"))
+                workdir = os.path.join(args.workroot, suite.name, f"{method}_s{seed}")
+                if _interrupted_run_of(workdir, load_config(suite, method, seed)):
+                    print(f"[benchmark] {method} seed {seed}: resuming the unfinished run of "
+                          f"this config in {workdir}.")
+                else:
+                    _move_aside(workdir)
             new = (baseline_rows(suite, seed) if method == "baselines"
                    else [run_method(suite, method, seed, args.workroot)])
             for row in new:

@@ -202,6 +202,30 @@ def test_force_reruns_and_the_new_row_supersedes(tmp_path, monkeypatch):
     assert len(kept) == 1 and kept[0].startswith("simclr_s0.before-")  # moved, not deleted
 
 
+@pytest.mark.parametrize("lr, resumed", [(None, True), (0.123, False)])
+def test_force_resumes_an_unfinished_run_of_the_same_config_only(tmp_path, monkeypatch, lr,
+                                                                 resumed):
+    """A forced rerun that the end of a session stopped continues from its checkpoints when
+    --force is given again; an unfinished run of another recipe is moved aside."""
+    from ssljax import workdir as workdir_lib
+    monkeypatch.setattr(benchmark, "run_method",
+                        lambda suite, m, seed, root: _row(m, seed, 90.0, command="cmd"))
+    results = tmp_path / "fashion_mnist.jsonl"
+    results.write_text(json.dumps(_row("simclr", 0, 80.0)) + "\n")
+    config = benchmark.load_config(SUITE, "simclr", 0)
+    if lr is not None:  # the unfinished run was started under another recipe
+        config.optimizer.lr = lr
+    unfinished = tmp_path / "w" / SUITE.name / "simclr_s0"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    (unfinished / workdir_lib.RUN_RECORD).write_text(
+        json.dumps({"config": workdir_lib.config_record(config)}))
+    argv = ["--methods", "simclr", "--results", str(results), "--workroot", str(tmp_path / "w")]
+    assert benchmark.main(argv + ["--force"]) == 0
+    kept = sorted(p.name for p in (tmp_path / "w" / SUITE.name).iterdir())
+    assert (kept == ["simclr_s0"]) == resumed, kept
+    assert [r["linear_top1"] for r in benchmark.read_rows(str(results))] == [80.0, 90.0]
+
+
 def test_dry_run_prints_the_rows_command_even_when_done(tmp_path, capsys):
     results = tmp_path / "fashion_mnist.jsonl"
     results.write_text(json.dumps(_row("simclr", 0, 80.0)) + "\n")
