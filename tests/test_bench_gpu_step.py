@@ -107,7 +107,7 @@ def test_synthetic_batch_masks_exactly_the_ratio_on_the_masked_views():
     masks = batch["masks"]
     assert masks.shape == (6, 2, 7, 7) and masks.dtype == bool
     assert (masks[:, 0].sum((1, 2)) == 0).all()
-    assert (masks[:, 1].sum((1, 2)) == round(0.5 * 49)).all()
+    assert (masks[:, 1].sum((1, 2)) == round(c.data.mask.ratio * 49)).all()
     assert len({m.tobytes() for m in masks[:, 1]}) == 6  # drawn per image
 
 
