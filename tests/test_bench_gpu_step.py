@@ -43,8 +43,9 @@ def _bench(args: list[str], tmp_path) -> dict:
 
 def _check_row(row, batch):
     assert row["batch"] == batch and row["commit"] == "test"
+    # ex_per_s is written to 0.1 and step_ms to 0.001: the rounding bounds the difference.
     assert row["step_ms"] > 0 and row["ex_per_s"] == pytest.approx(batch / row["step_ms"] * 1e3,
-                                                                    rel=1e-3)
+                                                                    rel=1e-3, abs=0.051)
     assert row["model_flops"] > 0 and row["tflops"] > 0 and row["temp_gib"] > 0
     assert row["mfu"] is None  # a CPU has no entry in the peak table
     assert np.isfinite(row["loss"])
