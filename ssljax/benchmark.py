@@ -8,7 +8,8 @@ A suite fixes the protocol: the backbone, input resolution, epochs, batch size a
 paper does (learning rate, temperature, loss weights, augmentation), lives in its config
 variant (``configs/<method>.py:fashion_mnist``). Each run is one ``python -m ssljax.main``
 command in its own process and workdir (``--workroot``/<suite>/<method>_s<seed>): an
-interrupted run resumes from its checkpoint when the benchmark is started again.
+interrupted run resumes from its checkpoint when the benchmark is started again; its
+``wall_s`` adds the training time of the segments before the resume (kept in the checkpoint).
 
 Every finished run appends one JSON object to ``experiments/benchmark/<suite>.jsonl``
 (method, seed, protocol, commit, command, epochs, wall_s, linear_top1, knn_top1,
@@ -342,7 +343,9 @@ def _run(suite: Suite, method: str, seed: int, workdir: str, args: list[str]):
         raise RuntimeError(f"{method} seed {seed} failed with status {proc.returncode}; see "
                            f"{workdir}/log.txt (run the benchmark again to resume it).")
     with open(os.path.join(workdir, "results.json")) as f:
-        return row, json.load(f), wall
+        res = json.load(f)
+    # A resumed run: add the pre-training time of the segments before this process.
+    return row, res, wall + (res.get("train_time_earlier_s") or 0)
 
 
 def _images_per_sec(workdir: str) -> float | None:

@@ -334,11 +334,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                             abstract_state, state_sharding)
     # Newest good checkpoint first; damaged ones are moved aside (ssljax.checkpoint).
     found = ckpt.restore_latest(abstract)
+    earlier_train_s = 0.0  # training time of the segments before a resume
     if found is None:
         ts = steps.init(init_key(config.seed), example)
         start_step = 0
     else:
         start_step, ts, meta = found
+        earlier_train_s = float(meta.get("train_time_s", 0.0))
         if meta.get("method") != config.method:
             raise ConfigError(f"{workdir} holds a checkpoint of method {meta.get('method')!r}, not "
                              f"{config.method!r}; use a fresh --workdir.")
@@ -426,6 +428,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             if step % config.checkpoint_every == 0 or step == last_step or preempted:
                 flush()
                 check_finite(step, {"loss": float(metrics["loss"])})  # never save a NaN state
+                meta["train_time_s"] = round(earlier_train_s + time.time() - train_start, 1)
                 ckpt.save(step, ts, meta)
                 if not preempted:  # after a signal, exit at once; the restart redraws
                     writer.write_curves()
@@ -440,7 +443,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 writer.write(step, evaluate_now(ts))
                 first_done += time.time() - eval_t0  # throughput and ETA: training only
         flush()
-    train_time = time.time() - train_start
+    # Every segment's pre-training time, from the first start (a resume adds the earlier ones).
+    train_time = earlier_train_s + time.time() - train_start
     if watcher.requested:  # the signal came during the last save: it is complete
         writer.close()
         ckpt.close()
@@ -468,6 +472,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         results["online_probe_top1"] = round(100 * float(metrics["probe_top1"]), 2)
     results.update(method=config.method, steps=total_steps, train_time_s=round(train_time, 1),
                    eval_time_s=round(time.time() - eval_start, 1))
+    if earlier_train_s:  # the part of train_time_s spent before this process's resume
+        results["train_time_earlier_s"] = round(earlier_train_s, 1)
     if is_main:
         text = json.dumps(results, indent=2)
         try:

@@ -6,6 +6,7 @@ import math
 import os
 import shlex
 import statistics
+import subprocess
 
 import numpy as np
 import pytest
@@ -183,6 +184,20 @@ def test_a_finished_run_without_its_row_is_recorded_not_rerun(tmp_path, monkeypa
     assert (row["linear_top1"], row["knn_top1"], row["effective_rank"]) == (83.1, 79.9, 31.5)
     assert row["wall_s"] == 620.5 and row["recovered"] and row["commit"].endswith("?")
     assert (row["method"], row["seed"], row["protocol"]) == ("vicreg", 2, SUITE.protocol_id)
+
+
+def test_a_resumed_run_counts_the_training_time_before_the_resume(tmp_path, monkeypatch):
+    """The row's wall time is this process's wall time plus the earlier segments' training."""
+    def fake_run(cmd, cwd, stdout, stderr):
+        workdir = next(a.split("=", 1)[1] for a in cmd if a.startswith("--workdir="))
+        with open(os.path.join(cwd, workdir, "results.json"), "w") as f:
+            json.dump({"linear_probe_top1": 83.1, "knn_top1": 79.9, "train_time_s": 900.0,
+                       "eval_time_s": 20.0, "train_time_earlier_s": 500.0}, f)
+        return subprocess.CompletedProcess(cmd, 0)
+    monkeypatch.setattr(benchmark.subprocess, "run", fake_run)
+    monkeypatch.setattr(benchmark, "_base_row", lambda suite, m, seed, cmd: {})
+    row = benchmark.run_method(SUITE, "vicreg", 1, str(tmp_path))
+    assert 500.0 <= row["wall_s"] < 510.0 and row["train_s"] == 900.0
 
 
 def test_force_reruns_and_the_new_row_supersedes(tmp_path, monkeypatch):

@@ -5,6 +5,7 @@ Runs are shared through module-scoped fixtures because each compiles a ResNet st
 
 import json
 import math
+import time
 import os
 import subprocess
 import sys
@@ -118,12 +119,25 @@ def test_resume_continues_exactly(run_1dev, tmp_path):
     mesh = sharding.make_mesh(1)
     assert train.train_and_evaluate(tiny_config(stop_after_step=3), workdir, mesh=mesh) == {}
     assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).latest_step() == 3
+    # The checkpoint carries the training time so far; the resumed run adds its own to it.
+    # (Set to 1000 s here, so that no real segment could reach it alone.)
+    meta_file = os.path.join(workdir, "checkpoints", "3", "meta", "metadata")
+    meta = json.load(open(meta_file))
+    assert 0 < meta["train_time_s"] < 1000
+    meta["train_time_s"] = 1000.0
+    with open(meta_file, "w") as f:
+        json.dump(meta, f)
+    t0 = time.time()
     results = train.train_and_evaluate(tiny_config(), workdir, mesh=mesh)
+    segment = time.time() - t0
+    assert results["train_time_earlier_s"] == 1000.0
+    assert 1000.0 < results["train_time_s"] < 1000.0 + segment
     resumed, straight = read_losses(workdir), read_losses(run_1dev[0])
     assert sorted(resumed) == [1, 2, 3, 4, 5, 6]
     np.testing.assert_allclose([resumed[s] for s in (4, 5, 6)], [straight[s] for s in (4, 5, 6)],
                                rtol=1e-6)
     assert results["linear_probe_top1"] == run_1dev[1]["linear_probe_top1"]
+    assert "train_time_earlier_s" not in run_1dev[1]  # a run in one go
 
 
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(run_1dev, tmp_path,
