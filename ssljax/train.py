@@ -8,6 +8,7 @@ supplies devices, data, optimizers, checkpoints and logs, and runs the evaluator
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
@@ -246,12 +247,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         with workdir_lib.Lock(workdir) as lock:
             watcher.on_exit_now = lock.release
             workdir_lib.check_identity(config, workdir)
-            return _train_and_evaluate(config, workdir, mesh, watcher)
+            # The checkpointer and the metrics writer close on every way out, errors included
+            # (a NaN loss, a full disk), before the lock is released.
+            with contextlib.ExitStack() as closing:
+                return _train_and_evaluate(config, workdir, mesh, watcher, closing)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         mesh: jax.sharding.Mesh | None,
-                        watcher: preemption.PreemptionWatcher) -> dict[str, Any]:
+                        watcher: preemption.PreemptionWatcher,
+                        closing: contextlib.ExitStack) -> dict[str, Any]:
     setup_start = time.time()
     is_main = jax.process_index() == 0
     augment_on = config.data.get("augment_on", "host")
@@ -328,8 +333,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     abstract_state, state_sharding = steps.abstract_state(example)
     logger.info("Data and model ready in %.0fs.", time.time() - setup_start)
 
-    ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                   max_to_keep=config.keep_checkpoints)
+    ckpt = closing.enter_context(contextlib.closing(checkpoint.Checkpointer(
+        os.path.join(workdir, "checkpoints"), max_to_keep=config.keep_checkpoints)))
     abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                             abstract_state, state_sharding)
     # Newest good checkpoint first; damaged ones are moved aside (ssljax.checkpoint).
@@ -350,7 +355,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     train_step = steps.train_step
     step_rng = jax.random.fold_in(jax.random.key(config.seed), 1)
 
-    writer = MetricsWriter(workdir, start_step=start_step)
+    writer = closing.enter_context(contextlib.closing(
+        MetricsWriter(workdir, start_step=start_step)))
     meta = {"method": config.method, "total_steps": total_steps}
     last_step = total_steps
     if config.stop_after_step > 0:
@@ -434,8 +440,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     writer.write_curves()
             if preempted:  # also at the last step: exit now, evaluate on the restart
                 logger.warning("Preempted: saved step %d; exiting.", step)
-                writer.close()
-                ckpt.close()
                 raise preemption.Preempted(step, ckpt.directory, watcher.signame)
             if eval_every and step % eval_every == 0 and step < total_steps:
                 flush()
@@ -446,15 +450,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # Every segment's pre-training time, from the first start (a resume adds the earlier ones).
     train_time = earlier_train_s + time.time() - train_start
     if watcher.requested:  # the signal came during the last save: it is complete
-        writer.close()
-        ckpt.close()
         raise preemption.Preempted(last_step, ckpt.directory, watcher.signame)
 
     if last_step < total_steps:
         logger.info("Stopped after step %d of %d as asked (stop_after_step); run the same "
                      "command again to continue.", last_step, total_steps)
-        writer.close()
-        ckpt.close()
         return {}
 
     # ---- Evaluation ----------------------------------------------------------------------
@@ -485,6 +485,4 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             raise
     writer.write(total_steps, {k: v for k, v in results.items() if k.endswith("top1")})
     writer.write_curves()  # with the final evaluation's kNN
-    writer.close()
-    ckpt.close()
     return results

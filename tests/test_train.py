@@ -151,6 +151,11 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(run_1dev, 
         monkeypatch.setattr(train, "validate", lambda config: None)
         train.train_and_evaluate(tiny_config(**{"optimizer.lr": float("nan")}), workdir, mesh=mesh)
     monkeypatch.undo()
+    # The error closed the metrics writer: TensorBoard has the NaN run's step 3 (a writer
+    # left open keeps it queued in memory).
+    tb = os.path.join(workdir, "tensorboard")
+    runs = sorted(os.listdir(tb), key=lambda f: os.path.getmtime(os.path.join(tb, f)))
+    assert len(runs) == 2 and b"loss" in open(os.path.join(tb, runs[-1]), "rb").read()
     ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"))
     assert ckpt.all_steps() == [2]
     # The kept checkpoint restores and trains on: steps 3-6 and the probe as an uninterrupted
