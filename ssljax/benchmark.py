@@ -182,6 +182,16 @@ FASHION_MNIST = Suite(
             "infomin", overrides=(("moco.temperature", 0.2),), label="InfoMin, T 0.2",
             of="infomin", question="Is InfoMin's failure to learn its temperature 0.15 (MoCo v2 + "
                                    "InfoMin Aug learns at T 0.2)?"),
+        "infomin_t02_no_jigsaw": Entry(
+            "infomin", overrides=(("moco.temperature", 0.2), ("infomin.beta", 0.0)),
+            label="InfoMin, T 0.2, jigsaw weight 0", of="infomin",
+            question="With MoCo v2 + InfoMin Aug's objective (T 0.2, no jigsaw term) on "
+                     "InfoMin's network, does InfoMin learn as that row does?"),
+        "moco_infomin_aug_t015": Entry(
+            "moco", "fashion_mnist,infomin_aug", overrides=(("moco.temperature", 0.15),),
+            label="MoCo v2 + InfoMin Aug, T 0.15", of="moco_infomin_aug",
+            question="Does InfoMin's temperature 0.15 alone stop MoCo v2 + InfoMin Aug "
+                     "learning?"),
         "ce_crop08": Entry(
             "ce", overrides=(("data.augment.crop_scale", (0.8, 1.0)),),
             label="Cross-entropy, crop scale 0.8-1", supervised=True, of="ce",
