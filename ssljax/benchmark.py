@@ -441,15 +441,23 @@ def summarise(suite: Suite, rows: list[dict]) -> dict[str, dict]:
 def claim_verdict(summary: dict, claim: Claim) -> tuple[str, str]:
     """(verdict, evidence): 'supported', 'contradicted', 'cannot separate' or 'not run yet'.
 
-    With 2+ seeds on each side, mean ± one standard deviation intervals: apart and in the
+    With 3 seeds on each side, mean ± one standard deviation intervals: apart and in the
     claimed order supports, apart the other way contradicts, overlapping cannot separate.
+    With fewer, 'needs 3 seeds' and the figures so far.
     """
     names = (claim.better,) + claim.than
     if any(claim.metric not in summary.get(n, {}) for n in names):
         return "not run yet", ""
-    if any(summary[n]["n"] < 2 for n in names):
-        return "needs 3 seeds", ""
+
+    def figure(name: str) -> str:
+        s = summary[name]
+        return f"{_fmt(*s[claim.metric], s['n'])} ({name}, {s['n']} seed{'s' * (s['n'] > 1)})"
+
     b_mean, b_std = summary[claim.better][claim.metric]
+    fewest = min(summary[n]["n"] for n in names)
+    if fewest < 3:
+        return "needs 3 seeds", "; ".join(f"{figure(claim.better)} vs {figure(o)}"
+                                          for o in claim.than)
     verdicts, evidence = [], []
     for other in claim.than:
         o_mean, o_std = summary[other][claim.metric]

@@ -97,7 +97,14 @@ def test_claim_needs_seeds_and_rows():
     claim = benchmark.Claim("MetaMask", "x", "metamask", ("barlow_twins",))
     assert benchmark.claim_verdict({}, claim)[0] == "not run yet"
     rows = [_row("metamask", 0, 90.0), _row("barlow_twins", 0, 80.0)]
-    assert benchmark.claim_verdict(benchmark.summarise(SUITE, rows), claim)[0] == "needs 3 seeds"
+    verdict, evidence = benchmark.claim_verdict(benchmark.summarise(SUITE, rows), claim)
+    assert verdict == "needs 3 seeds"
+    assert evidence == "90.00 (metamask, 1 seed) vs 80.00 (barlow_twins, 1 seed)"
+    # Two seeds of one side are not enough either, however far apart the means are.
+    rows += [_row("metamask", s, 90.0 + s) for s in (1, 2)] + [_row("barlow_twins", 1, 81.0)]
+    verdict, evidence = benchmark.claim_verdict(benchmark.summarise(SUITE, rows), claim)
+    assert verdict == "needs 3 seeds"
+    assert evidence == "91.00 ± 1.00 (metamask, 3 seeds) vs 80.50 ± 0.71 (barlow_twins, 2 seeds)"
 
 
 def test_targets_follow_the_issue():
