@@ -194,6 +194,13 @@ FASHION_MNIST = Suite(
             label="MoCo v2 + InfoMin Aug, T 0.15", of="moco_infomin_aug",
             question="Does InfoMin's temperature 0.15 alone stop MoCo v2 + InfoMin Aug "
                      "learning?"),
+        "moco_infomin_aug_jitter04": Entry(
+            "moco", "fashion_mnist,infomin_aug",
+            overrides=(("data.augment.brightness", 0.4), ("data.augment.contrast", 0.4),
+                       ("data.augment.saturation", 0.4), ("data.augment.hue", 0.1)),
+            label="MoCo v2 + InfoMin Aug, MoCo v2's jitter 0.4", of="moco_infomin_aug",
+            question="Is it InfoMin Aug's RandAugment (n 2, m 10) or its stronger colour "
+                     "jitter (0.8 against MoCo v2's 0.4) that slows MoCo v2 at 28 px?"),
         "ce_crop08": Entry(
             "ce", overrides=(("data.augment.crop_scale", (0.8, 1.0)),),
             label="Cross-entropy, crop scale 0.8-1", supervised=True, of="ce",
