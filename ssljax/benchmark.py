@@ -462,11 +462,11 @@ def claim_verdict(summary: dict, claim: Claim) -> tuple[str, str]:
         s = summary[name]
         return f"{_fmt(*s[claim.metric], s['n'])} ({name}, {s['n']} seed{'s' * (s['n'] > 1)})"
 
-    b_mean, b_std = summary[claim.better][claim.metric]
     fewest = min(summary[n]["n"] for n in names)
     if fewest < 3:
         return "needs 3 seeds", "; ".join(f"{figure(claim.better)} vs {figure(o)}"
                                           for o in claim.than)
+    b_mean, b_std = summary[claim.better][claim.metric]
     verdicts, evidence = [], []
     for other in claim.than:
         o_mean, o_std = summary[other][claim.metric]
