@@ -201,6 +201,16 @@ FASHION_MNIST = Suite(
             label="MoCo v2 + InfoMin Aug, MoCo v2's jitter 0.4", of="moco_infomin_aug",
             question="Is it InfoMin Aug's RandAugment (n 2, m 10) or its stronger colour "
                      "jitter (0.8 against MoCo v2's 0.4) that slows MoCo v2 at 28 px?"),
+        "infomin_m5": Entry(
+            "infomin", overrides=(("data.augment.randaugment_m", 5.0),),
+            label="InfoMin, RandAugment m 5", of="infomin",
+            question="Does InfoMin (Aug + jigsaw) learn at 28 px with RandAugment at half its "
+                     "magnitude (m 5 against 10: translations of about 23% of the side, not 45%)?"),
+        "moco_infomin_aug_m5": Entry(
+            "moco", "fashion_mnist,infomin_aug", overrides=(("data.augment.randaugment_m", 5.0),),
+            label="MoCo v2 + InfoMin Aug, RandAugment m 5", of="moco_infomin_aug",
+            question="Does a milder RandAugment (m 5) let MoCo v2 + InfoMin Aug catch up with "
+                     "MoCo v2's own augmentation at 28 px?"),
         "ce_crop08": Entry(
             "ce", overrides=(("data.augment.crop_scale", (0.8, 1.0)),),
             label="Cross-entropy, crop scale 0.8-1", supervised=True, of="ce",
