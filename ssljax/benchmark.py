@@ -211,6 +211,12 @@ FASHION_MNIST = Suite(
             label="MoCo v2 + InfoMin Aug, RandAugment m 5", of="moco_infomin_aug",
             question="Does a milder RandAugment (m 5) let MoCo v2 + InfoMin Aug catch up with "
                      "MoCo v2's own augmentation at 28 px?"),
+        "metamask_no_meta": Entry(
+            "metamask", overrides=(("metamask.meta_grad", "none"),),
+            label="MetaMask, no meta-learned mask", of="metamask",
+            question="Is MetaMask's gain over Barlow Twins its meta-learned mask, or the SimCLR "
+                     "head (weight 10) and recipe it adds? (The official --disable-meta: the "
+                     "mask fixed at ones.)"),
         "ce_crop08": Entry(
             "ce", overrides=(("data.augment.crop_scale", (0.8, 1.0)),),
             label="Cross-entropy, crop scale 0.8-1", supervised=True, of="ce",
