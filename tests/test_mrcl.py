@@ -366,9 +366,14 @@ def test_eight_devices_equal_one_device(case):
     keys = ("loss", "contrastive") + (("reconstruction",) if "reconstruction" in
                                       one["metrics"][0] else ())
     assert "reconstruction" in keys
+    # With the queue, steps after the first take their negatives from keys that agree only to
+    # float32 summation-order noise (atol 2e-4, checked below), and the loss inherits it: the
+    # CI's AMD EPYC read a relative difference of 1.07e-5 at step 2. Keys of one shard in the
+    # queue (planted once) move the later steps' losses by 0.6-3.6%.
+    rtol = 1e-4 if case == "resnet_infonce" else 1e-5
     for key in keys:
         np.testing.assert_allclose([m[key] for m in eight["metrics"]],
-                                   [m[key] for m in one["metrics"]], rtol=1e-5, atol=1e-7,
+                                   [m[key] for m in one["metrics"]], rtol=rtol, atol=1e-7,
                                    err_msg=key)
     # The steps did update the network (fails with lr 0 or zero gradients; the update itself
     # is checked in tests/test_update_is_gradient.py).
