@@ -21,6 +21,7 @@ def _png_size(path):
     return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
 
 
+@pytest.mark.slow  # about 74 s: two trainer runs with evaluations and plots
 def test_every_n_steps_and_kept_on_resume(tmp_path):
     """Also the pictures (issue 23, item 4): ``curves.png`` at each checkpoint, with a kNN
     panel (4 panels side by side), and ``embedding.png`` from the final evaluation only."""

@@ -69,6 +69,7 @@ def data_parallel(tmp_path_factory):
     return read_metrics(workdir)
 
 
+@pytest.mark.slow  # about 71 s: two trainer runs on eight virtual devices
 def test_fsdp_trains_as_data_parallel(data_parallel, tmp_path):
     # The config switch alone (no mesh passed) builds the (data 2, fsdp 4) mesh.
     train.train_and_evaluate(config(**{"sharding.fsdp": 4}), str(tmp_path))

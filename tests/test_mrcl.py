@@ -359,7 +359,8 @@ def run_steps(case, num_devices, initial=None):
     return {"initial": initial, "metrics": metrics, "final": jax.device_get(ts)}
 
 
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c == "vit" else c
+                                  for c in CASES])  # vit: about 25 s
 def test_eight_devices_equal_one_device(case):
     one = run_steps(case, 1)
     eight = run_steps(case, 8, initial=one["initial"])

@@ -182,6 +182,7 @@ def test_schedule_is_the_closed_form_with_epochs_converted_to_steps(warmup_epoch
         assert float(sched(step)) == pytest.approx(want, rel=1e-5, abs=1e-7), step
 
 
+@pytest.mark.slow  # about 42 s: a trainer run (the schedule itself is checked above)
 def test_logged_lr_is_the_schedule_of_each_step(tmp_path):
     # 192 examples at batch 16: 12 steps an epoch; 2 epochs = 24 steps, warm-up 0.5 epoch
     # = 6 steps, LARS (the default optimizer) with the linear scaling rule.

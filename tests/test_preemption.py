@@ -74,6 +74,7 @@ def test_sigterm_finishes_the_step_saves_it_and_resume_is_exact(straight, tmp_pa
     assert [resumed[s] for s in range(5, TOTAL + 1)] == [straight[s] for s in range(5, TOTAL + 1)]
 
 
+@pytest.mark.slow  # about 19 s
 def test_sigterm_in_the_last_step_exits_before_evaluating_and_the_restart_evaluates(
         tmp_path, monkeypatch):
     # A SIGTERM that lands in the final step must still stop the process (the cluster kills

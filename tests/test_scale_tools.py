@@ -35,7 +35,7 @@ def test_collectives_of_a_compiled_sharded_sum():
     assert ops[0].sent_bytes == 2 * 7 / 8 * 128
 
 
-@pytest.mark.parametrize("fsdp", [1, 4])
+@pytest.mark.parametrize("fsdp", [1, pytest.param(4, marks=pytest.mark.slow)])  # 4: about 23 s
 def test_aot_memory_counts_the_state_per_device(fsdp):
     cfg = tiny_config("simclr", **{"sharding.fsdp_min_size": 0, "optimizer.name": "lars"})
     compiled, abstract, shardings, batch = aot_memory.compile_step(cfg, 8, fsdp)

@@ -114,6 +114,7 @@ def test_eight_devices_equal_one_device(run_8dev, run_1dev):
     np.testing.assert_allclose([l8[s] for s in (5, 6)], [l1[s] for s in (5, 6)], rtol=1e-3)
 
 
+@pytest.mark.slow  # about 26 s; tests/test_preemption.py resumes exactly by default
 def test_resume_continues_exactly(run_1dev, tmp_path):
     workdir = str(tmp_path)
     mesh = sharding.make_mesh(1)
@@ -140,6 +141,7 @@ def test_resume_continues_exactly(run_1dev, tmp_path):
     assert "train_time_earlier_s" not in run_1dev[1]  # a run in one go
 
 
+@pytest.mark.slow  # about 36 s: a trainer run to a planted NaN
 def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(run_1dev, tmp_path,
                                                                        monkeypatch):
     workdir = str(tmp_path)
