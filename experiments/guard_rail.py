@@ -34,6 +34,7 @@ same way, from the commit before the refactor, then checked on the current one
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import math
@@ -97,15 +98,23 @@ REPRESENTATIVE = {name: f"{name}:{variants[0]}" for name, variants in VARIANTS.i
 _OTHER_DATASETS = {"tiny_imagenet": (3, 200), "imagenet100": (3, 100)}
 
 
+@functools.cache
+def _host_cpuinfo() -> str | None:
+    """``/proc/cpuinfo`` (read once per process), or None where there is none."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
 def cpu_kind(cpuinfo: str | None = None) -> str:
     """The CPU kind a record holds for: the vendor and the widest vector ISA XLA can emit for,
     e.g. ``'AuthenticAMD avx512'``, ``'GenuineIntel avx2'``; ``platform.machine()`` where
     there is no ``/proc/cpuinfo`` (e.g. ``'arm64'`` on macOS). ``cpuinfo``: its text, to test."""
     if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as f:
-                cpuinfo = f.read()
-        except OSError:
+        cpuinfo = _host_cpuinfo()
+        if cpuinfo is None:
             return platform.machine()
     fields = {}
     for line in cpuinfo.splitlines():
@@ -249,8 +258,6 @@ def state_keys(case: str) -> list[str]:
 def first_steps(case: str, num_devices: int) -> list[dict[str, float]]:
     """The metrics (loss included) of the case's first :data:`NUM_STEPS` train steps on its
     fixed batch, on a mesh of ``num_devices``."""
-    import functools
-
     import jax
 
     from ssljax import sharding, train

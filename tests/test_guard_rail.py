@@ -37,9 +37,8 @@ def test_the_recorded_cases_are_known_and_the_representative_ones_recorded():
 
 
 def _check(case: str, devices: tuple[int, ...]) -> None:
-    if case not in RECORDED:
-        pytest.skip(f"{case} is not recorded yet: run experiments/guard_rail.py --missing on "
-                    "the commit that added it (the behaviour before issue 22's redesign)")
+    assert case in RECORDED, (f"{case} is not recorded: run experiments/guard_rail.py "
+                              "--representative --missing on the commit before issue 22")
     expected = RECORDED[case]
     keys = guard_rail.state_keys(case)
     assert keys == expected["keys"], (
